@@ -1,0 +1,78 @@
+// shelfrank native kernel: exact cosine top-k over fp32 or int8 rows.
+//
+// Plain C++17, no Python headers. Every entry point takes raw pointers and sizes, throws
+// std::invalid_argument on bad arguments and never prints.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace shelfrank {
+
+// ---- per-ISA kernels -------------------------------------------------------------------------
+// out[i] = dot(q, rows + i*d) for i in [0, n). Integer dots are exact, so every ISA agrees bit for
+// bit; float dots agree to rounding only.
+using DotI8Fn = void (*)(const int8_t* q, const int8_t* rows, size_t n, size_t d, int32_t* out);
+using DotF32Fn = void (*)(const float* q, const float* rows, size_t n, size_t d, float* out);
+// Streams `nbytes` once with the widest loads of the ISA; returns a value so the read is kept.
+using ReadProbeFn = uint64_t (*)(const uint8_t* buf, size_t nbytes);
+
+struct IsaKernels {
+    const char* name;
+    DotI8Fn dot_i8;
+    DotF32Fn dot_f32;
+    ReadProbeFn read_probe;
+};
+
+// Defined in the per-ISA files; a file whose target cannot be compiled for this architecture
+// leaves its table null.
+extern const IsaKernels kSerialKernels;
+const IsaKernels* avx2_kernels();        // null unless built for x86-64
+const IsaKernels* avx512vnni_kernels();  // null unless built for x86-64
+const IsaKernels* avxvnni_kernels();     // null unless built for x86-64
+const IsaKernels* neon_kernels();        // null unless built for aarch64
+const IsaKernels* neon_dot_kernels();    // null unless built for aarch64
+
+// ---- dispatch -------------------------------------------------------------------------------
+// ISA names the CPU and the build support, best last; always starts with "scalar".
+std::vector<std::string> capabilities();
+// The active ISA: the best available, or SHELFRANK_FORCE_ISA when set (read on first use).
+const IsaKernels& active_kernels();
+std::string active_isa();
+// Pin an ISA by name ("" restores the default: SHELFRANK_FORCE_ISA, else the best). Throws std::invalid_argument naming the
+// available ones when `name` is unknown or not supported here.
+void force_isa(const std::string& name);
+// Kernels of a named ISA without changing the active one (tests, benchmarks).
+const IsaKernels& kernels_for(const std::string& name);
+
+// ---- shared scalar routines (built with -ffp-contract=off: identical on every ISA) -----------
+// Symmetric per-vector int8 quantisation: scale = max|x| / 127, x8 = round(x / scale).
+// A zero vector gets scale 0 and zero codes. Returns the scale.
+float quantize_vector(const float* x, size_t d, int8_t* out);
+// out[i] = (float)dots[i] * (scales[i] * qscale)
+void scores_from_dots(const int32_t* dots, const float* scales, float qscale, size_t n, float* out);
+
+// ---- top-k ----------------------------------------------------------------------------------
+struct TopkParams {
+    size_t n = 0;          // rows
+    size_t d = 0;          // dimension
+    size_t k = 0;          // results per query
+    size_t batch = 1;      // queries
+    int threads = 1;       // scan split into this many contiguous row ranges
+    const uint8_t* mask = nullptr;  // n bytes, nonzero = eligible; null = all
+};
+
+// Queries are fp32 (batch × d). Results: out_ids/out_scores are batch × k, best first; ties go to
+// the lower row; rows whose score is NaN never appear; unfilled slots are id -1, score -inf.
+void topk_f32(const float* queries, const float* rows, const TopkParams& p,
+              const IsaKernels& isa, int64_t* out_ids, float* out_scores);
+// int8 rows with a per-row scale; each query is quantised with quantize_vector first.
+void topk_i8(const float* queries, const int8_t* rows, const float* scales, const TopkParams& p,
+             const IsaKernels& isa, int64_t* out_ids, float* out_scores);
+
+// Best-of-`repeats` single-pass read bandwidth of `buf` in GB/s, with the active ISA's loads.
+double read_bandwidth_gbps(const uint8_t* buf, size_t nbytes, int repeats, int threads);
+
+}  // namespace shelfrank
