@@ -7,8 +7,6 @@ here, on purpose.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from shelfrank import _native
@@ -22,8 +20,8 @@ def topk(
     rows: np.ndarray,
     k: int,
     *,
-    scales: Optional[np.ndarray] = None,
-    mask: Optional[np.ndarray] = None,
+    scales: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
     threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k rows by dot product with the query (cosine when both are L2-normalised).
@@ -85,7 +83,7 @@ def active_isa() -> str:
         raise UnsupportedIsaError(str(e)) from e
 
 
-def force_isa(name: Optional[str]) -> None:
+def force_isa(name: str | None) -> None:
     """Pin the kernel to one ISA path for this process (tests, benchmarks); None restores the default.
 
     Raises:
