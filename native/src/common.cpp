@@ -22,6 +22,7 @@ float quantize_vector(const float* x, size_t d, int8_t* out) {
     const float scale = amax / 127.0f;
     for (size_t j = 0; j < d; ++j) {
         float v = std::round(x[j] / scale);  // half away from zero: no rounding-mode dependence
+        if (v != v) v = 0.0f;                 // NaN (callers reject it; never UB in the cast)
         if (v > 127.0f) v = 127.0f;
         if (v < -127.0f) v = -127.0f;
         out[j] = static_cast<int8_t>(v);

@@ -2,6 +2,8 @@
 // independent partial sums (so the compiler can pipeline them without -ffast-math). Row tails
 // need no special case. On aarch64 the baseline already includes Advanced SIMD, so the compiler
 // may auto-vectorise these loops; they remain the portable reference.
+#include <cstring>
+
 #include "shelfrank/topk.hpp"
 
 namespace shelfrank {
@@ -29,18 +31,24 @@ void dot_f32_serial(const float* q, const float* rows, size_t n, size_t d, float
     }
 }
 
+// `buf` need not be 8-byte aligned: memcpy is the defined unaligned load (one mov once compiled).
+inline uint64_t load_u64(const uint8_t* p) {
+    uint64_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
 uint64_t read_probe_serial(const uint8_t* buf, size_t nbytes) {
-    const uint64_t* p = reinterpret_cast<const uint64_t*>(buf);
     const size_t words = nbytes / 8;
     uint64_t a = 0, b = 0, c = 0, e = 0;
     size_t i = 0;
     for (; i + 4 <= words; i += 4) {
-        a ^= p[i];
-        b ^= p[i + 1];
-        c ^= p[i + 2];
-        e ^= p[i + 3];
+        a ^= load_u64(buf + 8 * i);
+        b ^= load_u64(buf + 8 * (i + 1));
+        c ^= load_u64(buf + 8 * (i + 2));
+        e ^= load_u64(buf + 8 * (i + 3));
     }
-    for (; i < words; ++i) a ^= p[i];
+    for (; i < words; ++i) a ^= load_u64(buf + 8 * i);
     return a ^ b ^ c ^ e;
 }
 

@@ -13,3 +13,19 @@ class InputError(ShelfrankError, ValueError):
 
 class UnsupportedIsaError(InputError):
     """A kernel ISA path was requested that this CPU or build cannot run."""
+
+
+class ExportValidationError(InputError):
+    """Export input (items, events, teacher, data folder) is unusable; names the file, row and field."""
+
+
+class ParityError(ShelfrankError):
+    """The int8 encoder drifted too far from fp32; the message carries the measured figures."""
+
+
+class BundleError(ShelfrankError):
+    """A bundle (or one of its files) is missing, corrupt, of an unknown format or inconsistent."""
+
+
+class SignatureError(BundleError):
+    """A signature does not verify against the trusted publisher key."""
