@@ -1,8 +1,8 @@
 // AVX2 + FMA (x86-64, Haswell and later).
 // int8: |x| as u8 times sign(x)·q as s8 with vpmaddubsw (pairs never saturate: q ∈ [-127, 127],
 //       |x| ≤ 128, so |pair| ≤ 32512), widened to int32 with vpmaddwd against ones; the row loop
-//       (four rows per pass, scalar tail) is shared with AVX-VNNI in x86_256.hpp.
-// fp32: vfmadd231ps into one 8-lane accumulator per row, four rows per pass, scalar tail.
+//       (one row at a time, scalar tail) is shared with AVX-VNNI in x86_256.hpp.
+// fp32: vfmadd231ps into four 8-lane accumulators, one row at a time (in-order loads), scalar tail.
 // The project header (and the standard headers it pulls in) comes before the target pragma so
 // that no inline library code is compiled for this ISA.
 #include "shelfrank/topk.hpp"
@@ -42,31 +42,18 @@ float tail_f32(const float* q, const float* r, size_t j, size_t d) {
 
 void dot_f32_avx2(const float* q, const float* rows, size_t n, size_t d, float* out) {
     const size_t dv = d & ~size_t(7);
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        const float* r0 = rows + i * d;
-        const float* r1 = r0 + d;
-        const float* r2 = r1 + d;
-        const float* r3 = r2 + d;
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (size_t j = 0; j < dv; j += 8) {
-            const __m256 qv = _mm256_loadu_ps(q + j);
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0 + j), qv, a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r1 + j), qv, a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r2 + j), qv, a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r3 + j), qv, a3);
-        }
-        out[i] = hsum_f32(a0) + tail_f32(q, r0, dv, d);
-        out[i + 1] = hsum_f32(a1) + tail_f32(q, r1, dv, d);
-        out[i + 2] = hsum_f32(a2) + tail_f32(q, r2, dv, d);
-        out[i + 3] = hsum_f32(a3) + tail_f32(q, r3, dv, d);
-    }
-    for (; i < n; ++i) {
+    for (size_t i = 0; i < n; ++i) {
         const float* r = rows + i * d;
-        __m256 a = _mm256_setzero_ps();
-        for (size_t j = 0; j < dv; j += 8)
-            a = _mm256_fmadd_ps(_mm256_loadu_ps(r + j), _mm256_loadu_ps(q + j), a);
-        out[i] = hsum_f32(a) + tail_f32(q, r, dv, d);
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        size_t j = 0;
+        for (; j + 32 <= dv; j += 32) {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r + j), _mm256_loadu_ps(q + j), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r + j + 8), _mm256_loadu_ps(q + j + 8), a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r + j + 16), _mm256_loadu_ps(q + j + 16), a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r + j + 24), _mm256_loadu_ps(q + j + 24), a3);
+        }
+        for (; j < dv; j += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r + j), _mm256_loadu_ps(q + j), a0);
+        out[i] = hsum_f32(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))) + tail_f32(q, r, dv, d);
     }
 }
 

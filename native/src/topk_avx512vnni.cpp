@@ -1,8 +1,9 @@
 // AVX-512 VNNI (x86-64: Ice Lake, Sapphire Rapids, Zen 4 and later; needs F, BW, VL, VNNI).
 // int8: vpdpbusd multiplies |x| (u8) by sign(x)·q (s8, negated with a byte mask from vpmovb2m)
-//       and accumulates four products per int32 lane without saturation; four rows per pass share
-//       each 64-byte query load; the row tail uses masked zero-filling loads, so no scalar tail.
-// fp32: vfmadd231ps over 16 lanes, masked tail, four rows per pass.
+//       and accumulates four products per int32 lane without saturation; one row at a time with
+//       two accumulators (loads walk memory in order: four rows side by side defeated the
+//       prefetcher on Zen 4); the row tail uses a masked zero-filling load, no scalar tail.
+// fp32: vfmadd231ps into four 16-lane accumulators, one row at a time, masked tail.
 // The project header (and the standard headers it pulls in) comes before the target pragma so
 // that no inline library code is compiled for this ISA.
 #include "shelfrank/topk.hpp"
@@ -32,37 +33,17 @@ void dot_i8_avx512vnni(const int8_t* q, const int8_t* rows, size_t n, size_t d, 
     const size_t rem = d - dv;
     const __mmask64 tm = rem ? (~__mmask64(0) >> (64 - rem)) : 0;
     const __m512i qt = ldm(q + dv, tm);
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        const int8_t* r0 = rows + i * d;
-        const int8_t* r1 = r0 + d;
-        const int8_t* r2 = r1 + d;
-        const int8_t* r3 = r2 + d;
-        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-        for (size_t j = 0; j < dv; j += 64) {
-            const __m512i qv = ld(q + j);
-            a0 = dp_i8(a0, ld(r0 + j), qv);
-            a1 = dp_i8(a1, ld(r1 + j), qv);
-            a2 = dp_i8(a2, ld(r2 + j), qv);
-            a3 = dp_i8(a3, ld(r3 + j), qv);
-        }
-        if (rem) {
-            a0 = dp_i8(a0, ldm(r0 + dv, tm), qt);
-            a1 = dp_i8(a1, ldm(r1 + dv, tm), qt);
-            a2 = dp_i8(a2, ldm(r2 + dv, tm), qt);
-            a3 = dp_i8(a3, ldm(r3 + dv, tm), qt);
-        }
-        out[i] = _mm512_reduce_add_epi32(a0);
-        out[i + 1] = _mm512_reduce_add_epi32(a1);
-        out[i + 2] = _mm512_reduce_add_epi32(a2);
-        out[i + 3] = _mm512_reduce_add_epi32(a3);
-    }
-    for (; i < n; ++i) {
+    for (size_t i = 0; i < n; ++i) {
         const int8_t* r = rows + i * d;
-        __m512i a = _mm512_setzero_si512();
-        for (size_t j = 0; j < dv; j += 64) a = dp_i8(a, ld(r + j), ld(q + j));
-        if (rem) a = dp_i8(a, ldm(r + dv, tm), qt);
-        out[i] = _mm512_reduce_add_epi32(a);
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0;
+        size_t j = 0;
+        for (; j + 128 <= dv; j += 128) {
+            a0 = dp_i8(a0, ld(r + j), ld(q + j));
+            a1 = dp_i8(a1, ld(r + j + 64), ld(q + j + 64));
+        }
+        if (j < dv) a0 = dp_i8(a0, ld(r + j), ld(q + j));
+        if (rem) a1 = dp_i8(a1, ldm(r + dv, tm), qt);
+        out[i] = _mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1));
     }
 }
 
@@ -71,38 +52,19 @@ void dot_f32_avx512(const float* q, const float* rows, size_t n, size_t d, float
     const size_t rem = d - dv;
     const __mmask16 tm = static_cast<__mmask16>((1u << rem) - 1u);
     const __m512 qt = _mm512_maskz_loadu_ps(tm, q + dv);
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        const float* r0 = rows + i * d;
-        const float* r1 = r0 + d;
-        const float* r2 = r1 + d;
-        const float* r3 = r2 + d;
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (size_t j = 0; j < dv; j += 16) {
-            const __m512 qv = _mm512_loadu_ps(q + j);
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(r0 + j), qv, a0);
-            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(r1 + j), qv, a1);
-            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(r2 + j), qv, a2);
-            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(r3 + j), qv, a3);
-        }
-        if (rem) {
-            a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tm, r0 + dv), qt, a0);
-            a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tm, r1 + dv), qt, a1);
-            a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tm, r2 + dv), qt, a2);
-            a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tm, r3 + dv), qt, a3);
-        }
-        out[i] = _mm512_reduce_add_ps(a0);
-        out[i + 1] = _mm512_reduce_add_ps(a1);
-        out[i + 2] = _mm512_reduce_add_ps(a2);
-        out[i + 3] = _mm512_reduce_add_ps(a3);
-    }
-    for (; i < n; ++i) {
+    for (size_t i = 0; i < n; ++i) {
         const float* r = rows + i * d;
-        __m512 a = _mm512_setzero_ps();
-        for (size_t j = 0; j < dv; j += 16)
-            a = _mm512_fmadd_ps(_mm512_loadu_ps(r + j), _mm512_loadu_ps(q + j), a);
-        if (rem) a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tm, r + dv), qt, a);
-        out[i] = _mm512_reduce_add_ps(a);
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        size_t j = 0;
+        for (; j + 64 <= dv; j += 64) {
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(r + j), _mm512_loadu_ps(q + j), a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(r + j + 16), _mm512_loadu_ps(q + j + 16), a1);
+            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(r + j + 32), _mm512_loadu_ps(q + j + 32), a2);
+            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(r + j + 48), _mm512_loadu_ps(q + j + 48), a3);
+        }
+        for (; j < dv; j += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(r + j), _mm512_loadu_ps(q + j), a0);
+        if (rem) a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tm, r + dv), qt, a1);
+        out[i] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
     }
 }
 

@@ -1,5 +1,5 @@
 // AVX-VNNI (x86-64, VEX-encoded 256-bit vpdpbusd: Alder Lake, Zen 5 and later, without AVX-512).
-// int8: vpdpbusd on |x| (u8) × sign(x)·q (s8 via vpsignb), four rows per pass, scalar row tail.
+// int8: vpdpbusd on |x| (u8) × sign(x)·q (s8 via vpsignb), row loop shared with AVX2 (x86_256.hpp).
 // fp32 and the read probe reuse the AVX2 kernels: VNNI adds nothing to float dots.
 // The project header (and the standard headers it pulls in) comes before the target pragma so
 // that no inline library code is compiled for this ISA.

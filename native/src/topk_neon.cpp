@@ -1,8 +1,8 @@
 // NEON / Advanced SIMD (aarch64 baseline: Cortex-A72 and later, Raspberry Pi 4).
 // int8: vmull_s8 + vmlal_high_s8 give 16-bit sums of two products (no overflow: q ∈ [-127, 127],
-//       so |pair| ≤ 2·128·127 = 32512), folded into int32 lanes with vpadalq_s16; four rows per
-//       pass share each 16-byte query load; scalar row tail.
-// fp32: vfmaq_f32 into one 4-lane accumulator per row, four rows per pass, scalar tail.
+//       so |pair| ≤ 2·128·127 = 32512), folded into int32 lanes with vpadalq_s16; one row at a
+//       time with two accumulators (in-order loads), scalar row tail.
+// fp32: vfmaq_f32 into four 4-lane accumulators, one row at a time, scalar tail.
 #include "shelfrank/topk.hpp"
 
 #if defined(__aarch64__)
@@ -33,30 +33,18 @@ inline float tail_f32(const float* q, const float* r, size_t j, size_t d) {
 
 void dot_f32_neon(const float* q, const float* rows, size_t n, size_t d, float* out) {
     const size_t dv = d & ~size_t(3);
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        const float* r0 = rows + i * d;
-        const float* r1 = r0 + d;
-        const float* r2 = r1 + d;
-        const float* r3 = r2 + d;
-        float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
-        for (size_t j = 0; j < dv; j += 4) {
-            const float32x4_t qv = vld1q_f32(q + j);
-            a0 = vfmaq_f32(a0, vld1q_f32(r0 + j), qv);
-            a1 = vfmaq_f32(a1, vld1q_f32(r1 + j), qv);
-            a2 = vfmaq_f32(a2, vld1q_f32(r2 + j), qv);
-            a3 = vfmaq_f32(a3, vld1q_f32(r3 + j), qv);
-        }
-        out[i] = vaddvq_f32(a0) + tail_f32(q, r0, dv, d);
-        out[i + 1] = vaddvq_f32(a1) + tail_f32(q, r1, dv, d);
-        out[i + 2] = vaddvq_f32(a2) + tail_f32(q, r2, dv, d);
-        out[i + 3] = vaddvq_f32(a3) + tail_f32(q, r3, dv, d);
-    }
-    for (; i < n; ++i) {
+    for (size_t i = 0; i < n; ++i) {
         const float* r = rows + i * d;
-        float32x4_t a = vdupq_n_f32(0.0f);
-        for (size_t j = 0; j < dv; j += 4) a = vfmaq_f32(a, vld1q_f32(r + j), vld1q_f32(q + j));
-        out[i] = vaddvq_f32(a) + tail_f32(q, r, dv, d);
+        float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
+        size_t j = 0;
+        for (; j + 16 <= dv; j += 16) {
+            a0 = vfmaq_f32(a0, vld1q_f32(r + j), vld1q_f32(q + j));
+            a1 = vfmaq_f32(a1, vld1q_f32(r + j + 4), vld1q_f32(q + j + 4));
+            a2 = vfmaq_f32(a2, vld1q_f32(r + j + 8), vld1q_f32(q + j + 8));
+            a3 = vfmaq_f32(a3, vld1q_f32(r + j + 12), vld1q_f32(q + j + 12));
+        }
+        for (; j < dv; j += 4) a0 = vfmaq_f32(a0, vld1q_f32(r + j), vld1q_f32(q + j));
+        out[i] = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3))) + tail_f32(q, r, dv, d);
     }
 }
 

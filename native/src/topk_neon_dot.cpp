@@ -1,6 +1,6 @@
 // NEON dotprod (armv8.2-a+dotprod: Cortex-A55/A76/A78, Raspberry Pi 5, RK3588, Jetson Orin).
-// int8: sdot (vdotq_s32) accumulates four s8×s8 products per int32 lane; four rows per pass share
-//       each 16-byte query load; scalar row tail. fp32 and the read probe reuse the NEON kernels.
+// int8: sdot (vdotq_s32) accumulates four s8×s8 products per int32 lane; row loop shared with NEON
+//       (neon_common.hpp: one row at a time, scalar row tail). fp32 and the read probe reuse the NEON kernels.
 #include "shelfrank/topk.hpp"
 
 #if defined(__aarch64__)

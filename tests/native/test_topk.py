@@ -284,9 +284,7 @@ def test_read_only_memmapped_rows_are_used_in_place(tmp_path, isa):
     mm = np.load(tmp_path / "emb.npy", mmap_mode="r")
     assert not mm.flags.writeable
     q = unit_rows(rng, 1, 384)[0]
-    np.testing.assert_array_equal(
-        sd.topk(q, mm, 10, scales=scales)[0], sd.topk(q, rows8, 10, scales=scales)[0]
-    )
+    np.testing.assert_array_equal(sd.topk(q, mm, 10, scales=scales)[0], sd.topk(q, rows8, 10, scales=scales)[0])
 
 
 def test_gil_released_during_scan():
@@ -340,9 +338,7 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(
-    "needle,call", BAD_INPUTS, ids=[f"{i}-{b[0][:20]}" for i, b in enumerate(BAD_INPUTS)]
-)
+@pytest.mark.parametrize("needle,call", BAD_INPUTS, ids=[f"{i}-{b[0][:20]}" for i, b in enumerate(BAD_INPUTS)])
 def test_bad_input_names_the_problem(needle, call):
     rng = np.random.default_rng(14)
     rows = unit_rows(rng, 10, 16)
