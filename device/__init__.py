@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+from shelfrank.device.catalog import Item
+from shelfrank.device.events import Event
 from shelfrank.device.kernel import active_isa, capabilities, force_isa, quantize_rows, topk
-from shelfrank.errors import InputError, ShelfrankError, UnsupportedIsaError
+from shelfrank.device.recommender import Recommender
+from shelfrank.errors import (
+    BundleError,
+    InputError,
+    ShelfrankError,
+    SignatureError,
+    SyncError,
+    UnknownItemError,
+    UnsupportedIsaError,
+)
 
 __all__ = [
+    "BundleError",
+    "Event",
     "InputError",
+    "Item",
+    "Recommender",
     "ShelfrankError",
+    "SignatureError",
+    "SyncError",
+    "UnknownItemError",
     "UnsupportedIsaError",
     "active_isa",
     "capabilities",

@@ -97,6 +97,7 @@ def make_demo_shop(n_items: int = 3000, n_users: int = 4000, *, seed: int = 0) -
     ids, titles, cat_col, brand_col, price_col, stock_col, line_col = [], [], [], [], [], [], []
     cat_of_item = np.empty(n_items, np.int32)
     lines: dict[tuple[int, int, int], list[int]] = {}
+    used: dict[str, int] = {}
     for row in range(n_items):
         ci = int(rng.integers(len(cats)))
         cat = cats[ci]
@@ -109,6 +110,9 @@ def make_demo_shop(n_items: int = 3000, n_users: int = 4000, *, seed: int = 0) -
         title = f"{brand} {adj} {nouns[ni]} {gen}"
         if rng.random() < 0.4:
             title += f" - {COLOURS[int(rng.integers(len(COLOURS)))]}"
+        used[title] = used.get(title, 0) + 1
+        if used[title] > 1:  # keep titles unique, as a shop would
+            title += f" (Edition {used[title]})"
         price = round(float(base_price * rng.lognormal(0.0, 0.45)), 2)
         ids.append(f"SKU-{row:05d}")
         titles.append(title)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 
 from shelfrank import __version__
@@ -36,6 +38,44 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     )
 
 
+def _log_progress() -> None:
+    """INFO from shelfrank's own loggers to stderr; other libraries stay at WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("shelfrank").setLevel(logging.INFO)
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from shelfrank.device.bundle import generate_keypair, key_id, load_public_key
+
+    key, pub = generate_keypair(args.out)
+    print(f"wrote {key} (private, mode 0600) and {pub}; key id {key_id(load_public_key(pub))[:16]}…")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    _log_progress()
+    from shelfrank.export import data
+    from shelfrank.export.pipeline import run_export
+
+    if args.dataset == "demo":
+        from shelfrank.export.demo_shop import make_demo_shop
+
+        ds = make_demo_shop()
+    elif args.dataset == "amazon-games":
+        root = args.data_dir or os.environ.get("SHELFRANK_DATA") or "../shared/data"
+        ds = data.load_amazon_games(root)
+    else:
+        if not (args.items and args.events):
+            raise ShelfrankError("--dataset files needs --items PATH and --events PATH")
+        ds = data.load_files(args.items, args.events)
+    res = run_export(ds, args.out, key=args.key, preset=args.preset, teacher=args.teacher, resume=args.resume)
+    from shelfrank.export.pipeline import render_quality
+
+    print(render_quality(res.quality))
+    print(f"bundle: {res.out} ({res.seconds / 60:.1f} min); baselines: {res.out}.baselines")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shelfrank", description="On-device e-commerce recommendation.")
     p.add_argument("--version", action="version", version=f"shelfrank {__version__}")
@@ -44,6 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="version, CPU, kernel ISA paths, onnxruntime providers")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_cmd_info)
+
+    kg = sub.add_parser("keygen", help="make an Ed25519 publisher key pair (KEY, KEY.pub)")
+    kg.add_argument("--out", required=True, metavar="KEY", help="private key path (KEY.pub is written beside it)")
+    kg.set_defaults(func=_cmd_keygen)
+
+    ex = sub.add_parser("export", help="train, distil, quantise and write a signed bundle (needs [export])")
+    ex.add_argument("--dataset", choices=["demo", "amazon-games", "files"], default="demo")
+    ex.add_argument("--data-dir", help="shared/data folder for amazon-games (default $SHELFRANK_DATA)")
+    ex.add_argument("--items", help="items file (CSV/JSONL/Parquet) for --dataset files")
+    ex.add_argument("--events", help="events file for --dataset files")
+    ex.add_argument("--out", required=True, help="bundle directory to write")
+    ex.add_argument("--preset", choices=["quick", "full"], default="quick")
+    ex.add_argument("--key", required=True, help="Ed25519 private key (shelfrank keygen)")
+    ex.add_argument("--teacher", help="local Hugging Face BERT directory (default: packaged all-MiniLM-L6-v2)")
+    ex.add_argument("--resume", action="store_true", help="reuse the checkpoints in OUT.work/")
+    ex.set_defaults(func=_cmd_export)
 
     bench = sub.add_parser("bench", help="benchmarks: 'kernel' (top-k kernel only) or a bundle path")
     bench.add_argument("target", help="'kernel', or a bundle path")

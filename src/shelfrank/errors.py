@@ -29,3 +29,18 @@ class BundleError(ShelfrankError):
 
 class SignatureError(BundleError):
     """A signature does not verify against the trusted publisher key."""
+
+
+class UnknownItemError(InputError, KeyError):
+    """An item id is not in the catalog being served."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownBoardError(InputError):
+    """A board name has no firmware config."""
+
+
+class SyncError(ShelfrankError):
+    """A catalog update could not be fetched, verified or applied; the previous catalog keeps serving."""

@@ -1,0 +1,149 @@
+"""The catalog a device serves: item metadata (SQLite), int8 rows (memory-mapped) and filters."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shelfrank.errors import BundleError, InputError, UnknownItemError
+
+logger = logging.getLogger(__name__)
+
+WHERE_KEYS = ("category", "brand", "min_price", "max_price", "in_stock", "allow_ids", "deny_ids")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One recommended item: what a shop's app shows."""
+
+    item_id: str
+    score: float
+    title: str
+    category: str | None
+    brand: str | None
+    price: float | None
+    in_stock: bool
+
+
+class Catalog:
+    """Rows and metadata of one catalog version, read-only and safe to share between threads."""
+
+    def __init__(self, root: str | Path, *, version: int, dim: int) -> None:
+        root = Path(root)
+        self.root, self.version = root, version
+        try:
+            self.rows = np.load(root / "emb.i8.npy", mmap_mode="r")
+            self.scales = np.load(root / "scale.f32.npy")
+        except (OSError, ValueError) as e:
+            raise BundleError(f"{root}: catalog rows unreadable: {e}") from e
+        if self.rows.dtype != np.int8 or self.rows.ndim != 2 or self.rows.shape[1] != dim:
+            raise BundleError(
+                f"{root / 'emb.i8.npy'}: expected int8 rows of dimension {dim}, got {self.rows.dtype} {self.rows.shape}"
+            )
+        if self.scales.dtype != np.float32 or self.scales.shape != (self.rows.shape[0],):
+            raise BundleError(f"{root / 'scale.f32.npy'}: expected float32 ({self.rows.shape[0]},)")
+        if not np.isfinite(self.scales).all():
+            raise BundleError(f"{root / 'scale.f32.npy'}: NaN or inf scales")
+        n = self.rows.shape[0]
+        try:
+            con = sqlite3.connect(f"file:{root / 'items.sqlite'}?mode=ro&immutable=1", uri=True)
+            recs = con.execute(
+                "SELECT row, item_id, title, category, brand, price, in_stock, popularity FROM items ORDER BY row"
+            ).fetchall()
+            con.close()
+        except sqlite3.Error as e:
+            raise BundleError(f"{root / 'items.sqlite'}: unreadable item table: {e}") from e
+        if [r[0] for r in recs] != list(range(n)):
+            raise BundleError(f"{root / 'items.sqlite'}: rows do not match the {n} embedding rows")
+        self.item_ids = [r[1] for r in recs]
+        self.titles = [r[2] for r in recs]
+        self.category = [r[3] for r in recs]
+        self.brand = [r[4] for r in recs]
+        self.price = np.asarray([np.nan if r[5] is None else r[5] for r in recs], np.float64)
+        self.in_stock = np.asarray([bool(r[6]) for r in recs], bool)
+        self.popularity = np.asarray([r[7] for r in recs], np.float32)
+        self.index = {item_id: i for i, item_id in enumerate(self.item_ids)}
+        self._cat_codes, self._cat_vocab = _codes(self.category)
+        self._brand_codes, self._brand_vocab = _codes(self.brand)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def row(self, item_id: str) -> int:
+        try:
+            return self.index[item_id]
+        except KeyError:
+            raise UnknownItemError(f"unknown item id {item_id!r} (catalog version {self.version})") from None
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Dequantised rows (float32): int8 × per-row scale."""
+        return self.rows[rows].astype(np.float32) * self.scales[rows, None]
+
+    def item(self, row: int, score: float) -> Item:
+        price = float(self.price[row])
+        return Item(
+            self.item_ids[row],
+            float(score),
+            self.titles[row],
+            self.category[row],
+            self.brand[row],
+            None if np.isnan(price) else price,
+            bool(self.in_stock[row]),
+        )
+
+    def mask(self, where: Mapping[str, Any] | None) -> np.ndarray | None:
+        """The kernel mask for a ``where`` filter (None when nothing is filtered).
+
+        Raises:
+            InputError: an unknown key or a value of the wrong type.
+        """
+        if not where:
+            return None
+        unknown = set(where) - set(WHERE_KEYS)
+        if unknown:
+            raise InputError(f"unknown where key(s) {sorted(unknown)}; allowed: {', '.join(WHERE_KEYS)}")
+        m = np.ones(len(self), bool)
+        for key, codes, vocab in (
+            ("category", self._cat_codes, self._cat_vocab),
+            ("brand", self._brand_codes, self._brand_vocab),
+        ):
+            if where.get(key) is not None:
+                wanted = _str_list(key, where[key])
+                m &= np.isin(codes, [vocab[v] for v in wanted if v in vocab])
+        for key, op in (("min_price", np.greater_equal), ("max_price", np.less_equal)):
+            if where.get(key) is not None:
+                v = where[key]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+                    raise InputError(f"where[{key!r}] must be a finite number, got {v!r}")
+                m &= op(self.price, v)  # an unknown (NaN) price never passes a price filter
+        if where.get("in_stock") is not None:
+            if not isinstance(where["in_stock"], bool):
+                raise InputError(f"where['in_stock'] must be True or False, got {where['in_stock']!r}")
+            m &= self.in_stock == where["in_stock"]
+        if where.get("allow_ids") is not None:
+            allow = np.zeros(len(self), bool)
+            allow[[self.index[i] for i in _str_list("allow_ids", where["allow_ids"]) if i in self.index]] = True
+            m &= allow
+        if where.get("deny_ids") is not None:
+            m[[self.index[i] for i in _str_list("deny_ids", where["deny_ids"]) if i in self.index]] = False
+        return m
+
+
+def _codes(values: list[str | None]) -> tuple[np.ndarray, dict[str, int]]:
+    vocab: dict[str, int] = {}
+    codes = np.asarray([-1 if v is None else vocab.setdefault(v, len(vocab)) for v in values], np.int32)
+    return codes, vocab
+
+
+def _str_list(key: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise InputError(f"where[{key!r}] must be a string or a list of strings, got {value!r}")

@@ -1,0 +1,247 @@
+"""The on-device API: ``Recommender.open(bundle)`` then record / recommend / similar / search.
+
+Everything a query needs is in memory or memory-mapped after ``open``; a query is the user tower
+(a small ONNX model over the stored rows of the shopper's recent items: no text encoder call)
+plus one native int8 top-k scan of the catalog. The text encoder is loaded on the first
+``search`` so that opening stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shelfrank.device import bundle as bfmt
+from shelfrank.device.catalog import Catalog, Item
+from shelfrank.device.encoder import TextEncoder, make_session
+from shelfrank.device.events import Event, EventStore
+from shelfrank.device.kernel import topk
+from shelfrank.device.text import ACTION_IDS
+from shelfrank.errors import BundleError, InputError, UnknownBoardError
+
+logger = logging.getLogger(__name__)
+
+
+def _state_dir_for(bundle: Path, explicit: str | Path | None) -> Path:
+    """``PREFIX/state`` for a flashed layout, else $SHELFRANK_STATE, else a per-bundle user folder."""
+    if explicit is not None:
+        return Path(explicit)
+    parent = bundle.parent
+    if bundle.name in ("current", "slot_a", "slot_b") and (
+        (parent / "slot_a").exists() or (parent / "slot_b").exists()
+    ):
+        return parent / "state"
+    if os.environ.get("SHELFRANK_STATE"):
+        return Path(os.environ["SHELFRANK_STATE"])
+    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    real = bundle.resolve()
+    return base / "shelfrank" / f"{real.name}-{hashlib.sha256(str(real).encode()).hexdigest()[:12]}"
+
+
+class Recommender:
+    """Open with :meth:`open`; safe to share between threads."""
+
+    def __init__(
+        self,
+        bundle: Path,
+        manifest: dict[str, Any],
+        state_dir: Path,
+        *,
+        threads: int = 1,
+        providers: list | None = None,
+        max_history: int = 200,
+    ) -> None:
+        self.bundle, self.manifest, self.state_dir = bundle, manifest, state_dir
+        self.threads, self.providers = threads, providers
+        model = manifest["model"]
+        self.dim = int(model["dim"])
+        self.catalog = Catalog(bundle / "catalog", version=int(manifest["catalog"]["version"]), dim=self.dim)
+        tower = manifest.get("user_tower", {})
+        if tower.get("kind") != "sequence":
+            raise BundleError(
+                f"{bundle / bfmt.MANIFEST}: user_tower kind {tower.get('kind')!r} is not supported "
+                "by this runtime (it runs 'sequence')"
+            )
+        self.max_events = int(tower["max_events"])
+        self._tower = make_session(bundle / tower["file"], threads=threads, providers=providers)
+        self._encoder: TextEncoder | None = None
+        self._lock = threading.Lock()
+        self.events = EventStore(state_dir / "events.sqlite", max_history=max_history)
+        self._cache: dict[str, tuple[int, int, np.ndarray | None]] = {}
+
+    # ---- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        board: str | None = None,
+        public_key: str | Path | bytes | None = None,
+        state_dir: str | Path | None = None,
+        threads: int | None = None,
+    ) -> Recommender:
+        """Verify and open a bundle directory (or a flashed ``PREFIX/current`` / slot).
+
+        Trust: ``public_key``, else ``state/trusted.pub``, else the bundle's own key with an
+        "unpinned" warning (development). Every file hash is checked.
+
+        Raises:
+            BundleError, SignatureError: the bundle is corrupt, unsigned, of an unknown format or
+                signed by a key other than the trusted one.
+        """
+        bundle = Path(path)
+        if not bundle.exists():
+            raise BundleError(f"{bundle}: no such bundle")
+        state = _state_dir_for(bundle, state_dir)
+        key = public_key
+        if key is None and (state / "trusted.pub").is_file():
+            key = state / "trusted.pub"
+        if key is None:
+            logger.warning("%s: no trusted publisher key pinned; trusting the bundle's own key (unpinned)", bundle)
+        manifest = bfmt.verify_bundle(bundle.resolve(), public_key=key)
+        n_threads, providers = 1, None
+        if board is not None:
+            n_threads, providers = _board_settings(board)
+        if threads is not None:
+            n_threads = int(threads)
+        return cls(bundle.resolve(), manifest, state, threads=n_threads, providers=providers)
+
+    # ---- events ------------------------------------------------------------------------------
+
+    def record(self, user_id: str, item_id: str, action: str, ts: float | None = None) -> None:
+        """Persist one event (durable before this returns); the next call reflects it.
+
+        Raises:
+            InputError: empty user id or unknown action; UnknownItemError: the item is not in
+            the catalog.
+        """
+        self.catalog.row(item_id)
+        self.events.record(user_id, item_id, action, ts)
+
+    def history(self, user_id: str) -> list[Event]:
+        return self.events.history(user_id)
+
+    def forget(self, user_id: str) -> None:
+        self.events.forget(user_id)
+        with self._lock:
+            self._cache.pop(user_id, None)
+
+    # ---- queries -----------------------------------------------------------------------------
+
+    def user_vector(self, user_id: str) -> np.ndarray | None:
+        """The shopper's vector from their recent events (None with no usable history); cached until
+        their next event."""
+        gen = self.events.generation(user_id)
+        with self._lock:
+            hit = self._cache.get(user_id)
+        if hit is not None and hit[0] == gen and hit[1] == self.catalog.version:
+            return hit[2]
+        recent = self.events.history(user_id, limit=self.max_events * 4)
+        steps = [
+            (self.catalog.index[e.item_id], ACTION_IDS[e.action])
+            for e in reversed(recent)
+            if e.item_id in self.catalog.index
+        ]  # items a sync removed are kept but ignored
+        vec = None
+        if steps:
+            # collapse consecutive events on one item into its strongest action, like training did
+            merged: list[tuple[int, int]] = []
+            for row, act in steps:  # newest first
+                if merged and merged[-1][0] == row:
+                    merged[-1] = (row, max(act, merged[-1][1]))
+                else:
+                    merged.append((row, act))
+            merged = merged[: self.max_events]
+            L = self.max_events
+            rows = np.zeros(L, np.int64)
+            acts = np.zeros((1, L), np.int64)
+            mask = np.zeros((1, L), np.float32)
+            rows[: len(merged)] = [r for r, _ in merged]
+            acts[0, : len(merged)] = [a for _, a in merged]
+            mask[0, : len(merged)] = 1.0
+            feeds = {"item_vecs": self.catalog.vectors(rows)[None], "actions": acts, "mask": mask}
+            (u,) = self._tower.run(["user"], feeds)
+            vec = np.ascontiguousarray(u[0], np.float32)
+            if not np.isfinite(vec).all():
+                raise BundleError(f"{self.bundle}: the user tower produced NaN/inf")
+        with self._lock:
+            self._cache[user_id] = (gen, self.catalog.version, vec)
+        return vec
+
+    def _rank(self, query: np.ndarray | None, k: int, mask: np.ndarray | None) -> list[Item]:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be a positive integer, got {k!r}")
+        cat = self.catalog
+        if query is None:  # cold start: the bundle's popularity
+            pop = np.where(mask, cat.popularity, -np.inf) if mask is not None else cat.popularity
+            order = np.lexsort((np.arange(len(cat)), -pop))[:k]
+            return [cat.item(int(r), float(pop[r])) for r in order if np.isfinite(pop[r])]
+        ids, scores = topk(query, cat.rows, k, scales=cat.scales, mask=mask, threads=self.threads)
+        return [cat.item(int(r), float(s)) for r, s in zip(ids, scores) if r >= 0]
+
+    def recommend(
+        self, user_id: str, k: int = 10, *, exclude_seen: bool = True, where: Mapping[str, Any] | None = None
+    ) -> list[Item]:
+        """Items for this shopper, best first; popular items when they have no history yet."""
+        mask = self.catalog.mask(where)
+        if exclude_seen:
+            seen = [
+                self.catalog.index[e.item_id] for e in self.events.history(user_id) if e.item_id in self.catalog.index
+            ]
+            if seen:
+                mask = np.ones(len(self.catalog), bool) if mask is None else mask
+                mask[seen] = False
+        return self._rank(self.user_vector(user_id), k, mask)
+
+    def similar(self, item_id: str, k: int = 10, *, where: Mapping[str, Any] | None = None) -> list[Item]:
+        """Items closest to ``item_id`` (never the item itself)."""
+        row = self.catalog.row(item_id)
+        mask = self.catalog.mask(where)
+        mask = np.ones(len(self.catalog), bool) if mask is None else mask
+        mask[row] = False
+        return self._rank(self.catalog.vectors(np.array([row]))[0], k, mask)
+
+    def search(self, text: str, k: int = 10, *, where: Mapping[str, Any] | None = None) -> list[Item]:
+        """Items matching a free-text query, embedded on the device with the bundle's encoder."""
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"search text must be a non-empty string, got {text!r}")
+        q = self.encoder.encode([text])[0]
+        return self._rank(q, k, self.catalog.mask(where))
+
+    @property
+    def encoder(self) -> TextEncoder:
+        with self._lock:
+            if self._encoder is None:
+                m = self.manifest["model"]
+                self._encoder = TextEncoder(
+                    self.bundle / m["file"],
+                    self.bundle / self.manifest["tokenizer"]["file"],
+                    max_len=int(m["max_len"]),
+                    threads=self.threads,
+                    providers=self.providers,
+                )
+            return self._encoder
+
+    def close(self) -> None:
+        self.events.close()
+
+
+def _board_settings(board: str) -> tuple[int, list | None]:
+    from importlib import resources
+
+    try:
+        files = resources.files("shelfrank") / "firmware_configs"
+        names = sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
+    except (FileNotFoundError, ModuleNotFoundError):
+        names = []
+    raise UnknownBoardError(
+        f"unknown board {board!r}; known: {', '.join(names) or 'none yet (board configs come with the flash issue)'}"
+    )

@@ -1,0 +1,109 @@
+"""ONNX export, dynamic int8 quantisation and the int8-vs-fp32 parity gate."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shelfrank.device.encoder import TextEncoder
+from shelfrank.errors import ParityError
+from shelfrank.export.models import MeanPoolEncoder, SequenceTower
+
+logger = logging.getLogger(__name__)
+
+OPSET = 17
+
+
+def _export(
+    module: torch.nn.Module, args: tuple, path: Path, names: list[str], output: str, dynamic: dict[str, dict[int, str]]
+) -> None:
+    module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is chatty about tracing
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=names,
+            output_names=[output],
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+
+
+def export_encoder(encoder: MeanPoolEncoder, path: str | Path) -> Path:
+    """fp32 ONNX: (input_ids, attention_mask) int64 → embedding float32 (mean-pooled, normalised)."""
+    path = Path(path)
+    ids = torch.ones(2, 8, dtype=torch.long)
+    mask = torch.ones(2, 8, dtype=torch.long)
+    dyn = {
+        "input_ids": {0: "batch", 1: "tokens"},
+        "attention_mask": {0: "batch", 1: "tokens"},
+        "embedding": {0: "batch"},
+    }
+    _export(encoder, (ids, mask), path, ["input_ids", "attention_mask"], "embedding", dyn)
+    return path
+
+
+def export_tower(tower: SequenceTower, path: str | Path) -> Path:
+    """fp32 ONNX of the user tower: item_vecs (B, L, d), actions (B, L) int64, mask (B, L) → user."""
+    path = Path(path)
+    L, d = tower.max_events, tower.dim
+    args = (torch.zeros(1, L, d), torch.zeros(1, L, dtype=torch.long), torch.ones(1, L))
+    dyn = {"item_vecs": {0: "batch"}, "actions": {0: "batch"}, "mask": {0: "batch"}, "user": {0: "batch"}}
+    _export(tower, args, path, ["item_vecs", "actions", "mask"], "user", dyn)
+    return path
+
+
+def quantize_int8(fp32_path: str | Path, int8_path: str | Path) -> Path:
+    """Dynamic int8: per-channel QInt8 weights, reduce_range off (per-tensor lost fidelity on MiniLM)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(fp32_path),
+        str(int8_path),
+        per_channel=True,
+        reduce_range=False,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gather"],
+    )
+    return Path(int8_path)
+
+
+def parity(
+    fp32: TextEncoder, int8: TextEncoder, texts: Sequence[str], catalog_fp32: np.ndarray, *, k: int = 10
+) -> dict[str, float]:
+    """Mean/min cosine of int8 vs fp32 embeddings of held-out texts, and the overlap of their
+    top-k neighbours in the (fp32) catalog."""
+    from shelfrank.device.kernel import topk
+
+    a = fp32.encode(texts)
+    b = int8.encode(texts)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    ia, _ = topk(a, catalog_fp32, k)
+    ib, _ = topk(b, catalog_fp32, k)
+    overlap = np.mean([len(set(x) & set(y)) / k for x, y in zip(ia.tolist(), ib.tolist())])
+    return {
+        "mean_cos": float(cos.mean()),
+        "min_cos": float(cos.min()),
+        f"top{k}_overlap": float(overlap),
+        "texts": len(texts),
+    }
+
+
+def parity_gate(figures: dict[str, float], *, min_cos: float = 0.99, min_overlap: float = 0.9) -> None:
+    """Raise ParityError (with the figures) unless mean cos ≥ min_cos and top-10 overlap ≥ min_overlap."""
+    ok = figures["mean_cos"] >= min_cos and figures["top10_overlap"] >= min_overlap
+    if not ok:
+        raise ParityError(
+            f"int8 encoder fails the parity gate: mean cosine {figures['mean_cos']:.4f} (need ≥ {min_cos}), "
+            f"top-10 overlap {figures['top10_overlap']:.3f} (need ≥ {min_overlap}) on {figures['texts']} "
+            "held-out texts; no bundle written"
+        )

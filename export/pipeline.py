@@ -1,0 +1,520 @@
+"""``shelfrank export``: shop data → fine-tuned teacher → distilled int8 student → signed bundle.
+
+Stages (each checkpointed in ``<out>.work/`` so ``--resume`` continues after an interruption):
+ 1. split (leave-one-out) and item texts;         5. ONNX export, int8 quantisation, parity gate;
+ 2. zero-shot teacher (the text design);            6. catalog embedded with the int8 encoder;
+ 3. teacher fine-tuned on (item → next item);       7. sequence user tower on the final catalog rows;
+ 4. student distilled from it (layers {0,3,5});     8. quality report, latency, signed bundle.
+The bundle is assembled in a temporary folder beside ``out`` and renamed into place only when it
+is complete and signed, so an interrupted export never leaves a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shelfrank.device import bundle as bfmt
+from shelfrank.device.text import history_text, item_text
+from shelfrank.export.bundle_writer import replace_dir, write_bundle
+from shelfrank.export.data import Dataset, Split, leave_one_out
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    max_len: int = 32  # item/search text tokens (titles are short; measured at this length too)
+    history_max_len: int = 128  # the text design's history input
+    teacher_steps: int = 80
+    student_steps: int = 80
+    batch: int = 48
+    lr: float = 5e-5
+    student_layers: tuple[int, ...] = (0, 3, 5)
+    tower_epochs: int = 2
+    student_tower_epochs: int = 1
+    tower_batch: int = 512
+    tower_lr: float = 3e-3
+    tower_time_s: float | None = 240.0
+    max_events: int = 20
+    eval_sample: int | None = 2000  # test users evaluated (None: all)
+    zero_shot_sample: int = 200  # the text design is slow: a fixed sample
+    latency_runs: int = 30
+    parity_texts: int = 400
+    seed: int = 0
+
+
+PRESETS = {
+    "quick": Preset("quick"),
+    "full": Preset(
+        "full",
+        teacher_steps=2400,
+        student_steps=1200,
+        batch=64,
+        tower_epochs=10,
+        student_tower_epochs=4,
+        tower_time_s=1800.0,
+        eval_sample=None,
+        zero_shot_sample=5000,
+        latency_runs=100,
+        parity_texts=1000,
+    ),
+}
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    manifest: dict[str, Any]
+    quality: dict[str, Any]
+    seconds: float
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+def _torch_imports():
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise ImportError("the export stage needs torch and transformers: pip install 'shelfrank[export]'") from e
+
+
+class _Stages:
+    """Times each stage and keeps its outputs in the work folder for --resume."""
+
+    def __init__(self, work: Path, resume: bool) -> None:
+        self.work, self.resume, self.times = work, resume, {}
+        work.mkdir(parents=True, exist_ok=True)
+
+    def have(self, *names: str) -> bool:
+        return self.resume and all((self.work / n).exists() for n in names)
+
+    def start(self, name: str) -> float:
+        logger.info("== %s", name)
+        return time.monotonic()
+
+    def done(self, name: str, t0: float) -> None:
+        self.times[name] = round(time.monotonic() - t0, 1)
+        logger.info("== %s done in %.1f s", name, self.times[name])
+
+
+def _texts(ds: Dataset) -> list[str]:
+    return [item_text(ds.catalog.record(i)) for i in range(len(ds.catalog))]
+
+
+def _sample(cases: list, n: int | None, seed: int) -> list:
+    if n is None or len(cases) <= n:
+        return cases
+    rng = np.random.default_rng(seed)
+    return [cases[i] for i in sorted(rng.choice(len(cases), n, replace=False))]
+
+
+def _history_texts(ds: Dataset, histories: list, max_events: int) -> list[str]:
+    from shelfrank.device.text import ACTIONS
+
+    return [history_text([(ACTIONS[a], ds.catalog.titles[i]) for i, a in h[-max_events:][::-1]]) for h in histories]
+
+
+def _latency(fn, runs: int, warmup: int = 3) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return {"p50_ms": float(np.median(ts)), "p95_ms": float(np.percentile(ts, 95))}
+
+
+def run_export(
+    ds: Dataset,
+    out: str | Path,
+    *,
+    key: str | Path,
+    preset: str | Preset = "quick",
+    teacher: str | Path | None = None,
+    resume: bool = False,
+    split: Split | None = None,
+    parity_thresholds: tuple[float, float] = (0.99, 0.9),
+) -> ExportResult:
+    """Run the whole export and write a signed bundle at ``out`` (plus ``out.baselines/``).
+
+    Raises:
+        ExportValidationError: unusable data or teacher.
+        ParityError: the int8 encoder drifted from fp32 beyond the gate; nothing is written.
+    """
+    _torch_imports()
+    import torch
+
+    from shelfrank.device.encoder import TextEncoder
+    from shelfrank.device.kernel import quantize_rows
+    from shelfrank.export import evaluate as ev
+    from shelfrank.export.models import load_teacher, make_student
+    from shelfrank.export.onnx_export import export_encoder, export_tower, parity, parity_gate, quantize_int8
+    from shelfrank.export.train import (
+        EncoderTrainConfig,
+        Tokens,
+        TowerConfig,
+        TowerModel,
+        embed,
+        history_arrays,
+        tower_scores,
+        train_encoder,
+        train_tower,
+        transition_pairs,
+    )
+
+    p = PRESETS[preset] if isinstance(preset, str) else preset
+    out = Path(out)
+    signing_key = bfmt.load_private_key(key)  # fail before hours of training, not after
+    t_start = time.monotonic()
+    torch.manual_seed(p.seed)
+    work = Path(str(out) + ".work")
+    st = _Stages(work, resume)
+    file_log = logging.FileHandler(work / "export.log")
+    file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("shelfrank").addHandler(file_log)
+    try:
+        split = split or leave_one_out(ds)
+        texts = _texts(ds)
+        n = len(texts)
+        test = _sample(split.test, p.eval_sample, p.seed)
+        logger.info(
+            "%s: %d items, %d users, %d events; %d train sequences, %d test cases (%s)",
+            ds.name,
+            n,
+            len(ds.users),
+            len(ds.events),
+            len(split.train),
+            len(test),
+            split.kind,
+        )
+        quality: dict[str, Any] = {
+            "dataset": ds.name,
+            "split": split.kind,
+            "n_items": n,
+            "preset": p.name,
+            "eval_cases": len(test),
+            "eval_cases_total": len(split.test),
+            "models": {},
+        }
+        models = quality["models"]
+
+        t0 = st.start("baselines")
+        models["popularity"] = ev.evaluate(ev.popularity(split, n), test, n)
+        models["item co-occurrence kNN"] = ev.evaluate(ev.item_knn(split, n), test, n)
+        st.done("baselines", t0)
+
+        teacher_enc, tok_path = load_teacher(teacher)
+        tokens = Tokens(str(tok_path), p.max_len)
+
+        t0 = st.start("zero-shot teacher")
+        zs = _sample(test, p.zero_shot_sample, p.seed + 1)
+        if st.have("zs_items.npy"):
+            zs_items = np.load(work / "zs_items.npy")
+        else:
+            zs_items = embed(teacher_enc, tokens, texts, desc="zero-shot catalog")
+            np.save(work / "zs_items.npy", zs_items)
+        hist_tokens = Tokens(str(tok_path), p.history_max_len)
+
+        def zero_shot(hs: list) -> np.ndarray:
+            users = embed(teacher_enc, hist_tokens, _history_texts(ds, hs, p.max_events), batch=32, desc="histories")
+            return users @ zs_items.T
+
+        models["zero-shot teacher (text design)"] = ev.evaluate(zero_shot, zs, n, batch=128)
+        st.done("zero-shot teacher", t0)
+
+        pairs = transition_pairs(split.train)
+        t0 = st.start("fine-tune teacher")
+        if st.have("teacher.pt"):
+            teacher_enc.load_state_dict(torch.load(work / "teacher.pt"))
+        else:
+            train_encoder(
+                teacher_enc,
+                tokens,
+                texts,
+                pairs,
+                EncoderTrainConfig(steps=p.teacher_steps, batch=p.batch, lr=p.lr, max_len=p.max_len, seed=p.seed),
+                desc="fine-tune teacher",
+            )
+            torch.save(teacher_enc.state_dict(), work / "teacher.pt")
+        teacher_emb = embed(teacher_enc, tokens, texts, desc="teacher catalog")
+        st.done("fine-tune teacher", t0)
+
+        tcfg = TowerConfig(
+            epochs=p.tower_epochs,
+            batch=p.tower_batch,
+            lr=p.tower_lr,
+            max_events=p.max_events,
+            time_budget_s=p.tower_time_s,
+            seed=p.seed,
+        )
+        t0 = st.start("tower on teacher rows")
+        t_model, t_hist = train_tower(teacher_emb, split.train, split.valid, tcfg, desc="tower (teacher)")
+        models["fine-tuned teacher fp32 + tower"] = ev.evaluate(
+            lambda hs: tower_scores(t_model, hs, max_events=p.max_events), test, n
+        )
+        st.done("tower on teacher rows", t0)
+
+        t0 = st.start("distil student")
+        student = make_student(teacher_enc, p.student_layers)
+        if st.have("student.pt"):
+            student.load_state_dict(torch.load(work / "student.pt"))
+        else:
+            train_encoder(
+                student,
+                tokens,
+                texts,
+                pairs,
+                EncoderTrainConfig(
+                    steps=p.student_steps, batch=p.batch, lr=2 * p.lr, max_len=p.max_len, seed=p.seed + 7
+                ),
+                teacher_emb=teacher_emb,
+                desc="distil student",
+            )
+            torch.save(student.state_dict(), work / "student.pt")
+        st.done("distil student", t0)
+
+        t0 = st.start("onnx + int8")
+        export_encoder(student, work / "student_fp32.onnx")
+        quantize_int8(work / "student_fp32.onnx", work / "encoder.onnx")
+        export_encoder(teacher_enc, work / "teacher_fp32.onnx")
+        enc32 = TextEncoder(work / "student_fp32.onnx", tok_path, max_len=p.max_len)
+        enc8 = TextEncoder(work / "encoder.onnx", tok_path, max_len=p.max_len)
+        s32_rows = enc32.encode(texts)
+        s8_rows = enc8.encode(texts)
+        held = _parity_texts(ds, p.parity_texts, p.seed)
+        par = parity(enc32, enc8, held, s32_rows)
+        quality["parity"] = par
+        logger.info(
+            "parity int8 vs fp32: mean cos %.4f, min %.4f, top-10 overlap %.3f",
+            par["mean_cos"],
+            par["min_cos"],
+            par["top10_overlap"],
+        )
+        parity_gate(par, min_cos=parity_thresholds[0], min_overlap=parity_thresholds[1])
+        st.done("onnx + int8", t0)
+
+        t0 = st.start("tower on student rows")
+        # the tower and item residuals continue from the teacher's, on the rows the device will hold
+        s8_model, s8_hist = train_tower(
+            s8_rows,
+            split.train,
+            split.valid,
+            replace(tcfg, epochs=p.student_tower_epochs),
+            init=t_model,
+            desc="tower (student int8)",
+        )
+        # the fp32 student is scored with the same tower and residuals (its rows differ from the
+        # int8 ones only by quantisation noise; see the parity figures)
+        s32_model = TowerModel(s32_rows, tcfg)
+        s32_model.load_state_dict({k: v for k, v in s8_model.state_dict().items() if k != "base"}, strict=False)
+        models["student fp32 + tower"] = ev.evaluate(
+            lambda hs: tower_scores(s32_model, hs, max_events=p.max_events), test, n
+        )
+        with torch.inference_mode():
+            final = s8_model.item_vectors().numpy()
+        rows8, scales = quantize_rows(np.ascontiguousarray(final, np.float32))
+        export_tower(s8_model.tower, work / "user_tower.onnx")
+        bundle_rows = rows8.astype(np.float32) * scales[:, None]
+        models["student int8 + tower (the bundle)"] = _eval_bundle_path(
+            ev, work / "user_tower.onnx", bundle_rows, test, n, p.max_events, history_arrays
+        )
+        st.done("tower on student rows", t0)
+
+        t0 = st.start("latency")
+        quality["encoders"] = _encoder_latency(
+            ds, split, teacher_enc, tok_path, work, p, hist_tokens, tokens, bundle_rows, rows8, scales
+        )
+        st.done("latency", t0)
+        quality["tower_training"] = {"teacher": t_hist, "student_int8": s8_hist}
+        quality["stages_s"] = st.times
+
+        t0 = st.start("bundle")
+        popularity = ev.popularity_scores(split, n)
+        log = (work / "export.log").read_text() if (work / "export.log").exists() else ""
+        manifest = write_bundle(
+            out,
+            ds,
+            encoder=work / "encoder.onnx",
+            tokenizer=tok_path,
+            tower=work / "user_tower.onnx",
+            rows8=rows8,
+            scales=scales,
+            popularity=popularity,
+            key=signing_key,
+            max_len=p.max_len,
+            max_events=p.max_events,
+            model={
+                "layers": len(p.student_layers),
+                "teacher_layers": list(p.student_layers),
+                "precision": "int8 dynamic (per-channel QInt8 weights, reduce_range off)",
+            },
+            extra_files={
+                "quality.json": json.dumps(quality, indent=2, default=float) + "\n",
+                "quality.md": render_quality(quality),
+                "export.log": log,
+            },
+            meta={
+                "preset": asdict(p),
+                "quality": {
+                    name: {k: m[k] for k in ("recall@10", "ndcg@10", "recall@50")}
+                    for name, m in quality["models"].items()
+                },
+            },
+        )
+        baselines = Path(str(out) + ".baselines")
+        tmp = Path(tempfile.mkdtemp(prefix=baselines.name + ".", dir=baselines.parent))
+        shutil.copy2(work / "student_fp32.onnx", tmp / "encoder_fp32.onnx")
+        shutil.copy2(work / "teacher_fp32.onnx", tmp / "teacher_fp32.onnx")
+        np.save(tmp / "catalog_fp32.npy", np.ascontiguousarray(final, np.float32))
+        replace_dir(tmp, baselines)
+        st.done("bundle", t0)
+        return ExportResult(out, manifest, quality, time.monotonic() - t_start, st.times)
+    finally:
+        logging.getLogger("shelfrank").removeHandler(file_log)
+        file_log.close()
+
+
+def _parity_texts(ds: Dataset, n: int, seed: int) -> list[str]:
+    """Held-out texts for the parity gate: half catalog texts, half search-like fragments."""
+    rng = np.random.default_rng(seed + 11)
+    texts = _texts(ds)
+    picked = [texts[i] for i in rng.choice(len(texts), min(n // 2, len(texts)), replace=False)]
+    queries = []
+    for i in rng.choice(len(texts), n - len(picked), replace=True):
+        words = ds.catalog.titles[i].split()
+        a = int(rng.integers(0, max(1, len(words) - 1)))
+        queries.append(" ".join(words[a : a + int(rng.integers(1, 4))]).lower())
+    return picked + queries
+
+
+def _eval_bundle_path(
+    ev, tower_onnx: Path, rows: np.ndarray, cases: list, n: int, max_events: int, history_arrays
+) -> dict:
+    """Evaluate exactly what the device runs: the ONNX tower over the bundle's (int8) rows."""
+    from shelfrank.device.encoder import make_session
+
+    sess = make_session(tower_onnx, threads=2)
+
+    def score(hs: list) -> np.ndarray:
+        r, a, m = history_arrays(hs, max_events)
+        (u,) = sess.run(["user"], {"item_vecs": rows[r], "actions": a, "mask": m})
+        return u @ rows.T
+
+    return ev.evaluate(score, cases, n)
+
+
+def _encoder_latency(ds, split, teacher_enc, tok_path, work, p, hist_tokens, tokens, rows, rows8, scales) -> dict:
+    """1 thread, batch 1: teacher torch fp32 on history text vs the device's encoders and tower."""
+    import torch
+
+    from shelfrank.device.encoder import TextEncoder, make_session
+    from shelfrank.device.kernel import topk
+    from shelfrank.export.train import Tokens, history_arrays
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        hists = [h for _, h, _ in _sample(split.test, 50, p.seed + 3)]
+        htexts = _history_texts(ds, hists, p.max_events)
+        item_texts = _texts(ds)[:50]
+        # a fixed 128-token input (the packaged tokenizer's length): real tokens of the catalog text
+        fixed = Tokens(str(tok_path), 128)([" ".join(_texts(ds)[:200])])
+        if fixed[0].shape[1] != 128:
+            fixed = tuple(t.repeat(1, 128 // t.shape[1] + 1)[:, :128] for t in fixed)
+        feeds128 = {"input_ids": fixed[0].numpy(), "attention_mask": fixed[1].numpy()}
+        out: dict[str, Any] = {}
+        cycle = iter(range(10**9))
+
+        def teacher_hist():
+            j = next(cycle) % len(htexts)
+            with torch.inference_mode():
+                teacher_enc(*hist_tokens([htexts[j]]))
+
+        def teacher_fixed():
+            with torch.inference_mode():
+                teacher_enc(*fixed)
+
+        out["teacher torch fp32, history text (real, ≤128 tokens)"] = _latency(teacher_hist, p.latency_runs)
+        out["teacher torch fp32, 128 tokens"] = _latency(teacher_fixed, p.latency_runs)
+        for name, f in (
+            ("student int8 ONNX", "encoder.onnx"),
+            ("student fp32 ONNX", "student_fp32.onnx"),
+            ("teacher fp32 ONNX", "teacher_fp32.onnx"),
+        ):
+            enc = TextEncoder(work / f, tok_path, max_len=128)
+            short = TextEncoder(work / f, tok_path, max_len=p.max_len)
+            k = iter(range(10**9))
+            out[f"{name}, 128 tokens"] = _latency(lambda e=enc: e.run(feeds128), p.latency_runs)
+            out[f"{name}, item/search text (≤{p.max_len} tokens)"] = _latency(
+                lambda e=short, k=k: e.encode([item_texts[next(k) % len(item_texts)]]), p.latency_runs
+            )
+            out[f"{name}, 128 tokens"]["file_mb"] = round((work / f).stat().st_size / 1e6, 2)
+        sess = make_session(work / "user_tower.onnx", threads=1)
+        r, a, m = history_arrays(hists, p.max_events)
+        k2 = iter(range(10**9))
+
+        def recommend():
+            j = next(k2) % len(hists)
+            (u,) = sess.run(["user"], {"item_vecs": rows[r[j : j + 1]], "actions": a[j : j + 1], "mask": m[j : j + 1]})
+            topk(u[0], rows8, 10, scales=scales)
+
+        out["recommend path: user tower ONNX + int8 top-k"] = _latency(recommend, p.latency_runs)
+        out["recommend path: user tower ONNX + int8 top-k"]["file_mb"] = round(
+            (work / "user_tower.onnx").stat().st_size / 1e6, 3
+        )
+        base = out["teacher torch fp32, history text (real, ≤128 tokens)"]["p50_ms"]
+        for v in out.values():
+            v["speedup_vs_teacher_history"] = round(base / v["p50_ms"], 1)
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def render_quality(q: dict) -> str:
+    lines = [
+        f"# Quality report: {q['dataset']} ({q['split']}, preset {q['preset']})",
+        "",
+        f"Full ranking over {q['n_items']:,} items with the user's history masked; "
+        f"{q['eval_cases']:,} of {q['eval_cases_total']:,} test users"
+        + ("" if q["eval_cases"] == q["eval_cases_total"] else f" (fixed sample, seed {PRESETS['quick'].seed})")
+        + ". The zero-shot text design is evaluated on its own smaller fixed sample (see cases).",
+        "",
+        "| model | NDCG@10 | Recall@10 | Recall@50 | cases |",
+        "| :--- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, m in q["models"].items():
+        lines.append(f"| {name} | {m['ndcg@10']:.4f} | {m['recall@10']:.4f} | {m['recall@50']:.4f} | {m['cases']:,} |")
+    if "parity" in q:
+        par = q["parity"]
+        lines += [
+            "",
+            f"Parity (int8 vs fp32 student, {par['texts']} held-out texts): mean cosine "
+            f"{par['mean_cos']:.4f}, min {par['min_cos']:.4f}, top-10 overlap {par['top10_overlap']:.3f}.",
+        ]
+    if "encoders" in q:
+        lines += [
+            "",
+            "## Latency (1 thread, batch 1, this machine)",
+            "",
+            "| path | p50 ms | p95 ms | × teacher on history text | file MB |",
+            "| :--- | ---: | ---: | ---: | ---: |",
+        ]
+        for name, v in q["encoders"].items():
+            lines.append(
+                f"| {name} | {v['p50_ms']:.2f} | {v['p95_ms']:.2f} | {v['speedup_vs_teacher_history']} | "
+                f"{v.get('file_mb', '')} |"
+            )
+    if "stages_s" in q:
+        lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in q["stages_s"].items())]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,122 @@
+"""Small real artefacts for tests and examples, built locally (nothing is downloaded).
+
+- :func:`build_wordpiece`: a BERT-style WordPiece ``tokenizer.json`` from a list of texts.
+- :func:`build_tiny_encoder` / :func:`build_tiny_tower`: ONNX graphs with the bundle's exact
+  interfaces, made with ``onnx.helper`` (no torch): a mean-pooled embedding-table encoder and a
+  recency/action-weighted mean user tower.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def build_wordpiece(texts: list[str], path: str | Path) -> dict[str, int]:
+    """Write ``path/tokenizer.json``: lower-cased whole words of ``texts`` plus ``##char`` pieces."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    chars = sorted({c for w in words for c in w})
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + words + [f"##{c}" for c in chars])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path / "tokenizer.json"))
+    return vocab
+
+
+def _normalize_nodes(helper, src: str, dst: str, axis: int) -> list:
+    eps = helper.make_tensor("eps_" + dst, 1, [], [1e-9])
+    return [
+        helper.make_node("ReduceL2", [src], [dst + "_n"], axes=[axis], keepdims=1),
+        helper.make_node("Constant", [], [dst + "_eps"], value=eps),
+        helper.make_node("Max", [dst + "_n", dst + "_eps"], [dst + "_nc"]),
+        helper.make_node("Div", [src, dst + "_nc"], [dst]),
+    ]
+
+
+def build_tiny_encoder(path: str | Path, vocab_size: int, dim: int, *, seed: int = 0) -> Path:
+    """ONNX (input_ids, attention_mask) → embedding: masked mean of a random embedding table, L2-normalised."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(seed).standard_normal((vocab_size, dim)).astype(np.float32)
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1e-9])
+    nodes = [
+        helper.make_node("Gather", ["W", "input_ids"], ["E"]),
+        helper.make_node("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mf", "ax2"], ["m3"]),
+        helper.make_node("Mul", ["E", "m3"], ["Em"]),
+        helper.make_node("ReduceSum", ["Em", "ax1"], ["S"], keepdims=0),
+        helper.make_node("ReduceSum", ["m3", "ax1"], ["C"], keepdims=0),
+        helper.make_node("Constant", [], ["tiny"], value=one),
+        helper.make_node("Max", ["C", "tiny"], ["Cc"]),
+        helper.make_node("Div", ["S", "Cc"], ["P"]),
+        *_normalize_nodes(helper, "P", "embedding", 1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_encoder",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"]),
+        ],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
+        initializer=[
+            numpy_helper.from_array(w, "W"),
+            numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+            numpy_helper.from_array(np.array([2], np.int64), "ax2"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)
+
+
+def build_tiny_tower(path: str | Path, dim: int, max_events: int, *, decay: float = 0.8) -> Path:
+    """ONNX user tower: Σ_t mask_t · w(action_t) · decay^t · item_vec_t, L2-normalised."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    action_w = np.array([1.0, 1.5, 2.0, 3.0], np.float32)
+    pos_w = (decay ** np.arange(max_events)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gather", ["aw", "actions"], ["A"]),
+        helper.make_node("Mul", ["A", "mask"], ["w1"]),
+        helper.make_node("Mul", ["w1", "pw"], ["w2"]),
+        helper.make_node("Unsqueeze", ["w2", "ax2"], ["w3"]),
+        helper.make_node("Mul", ["item_vecs", "w3"], ["X"]),
+        helper.make_node("ReduceSum", ["X", "ax1"], ["S"], keepdims=0),
+        *_normalize_nodes(helper, "S", "user", 1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_tower",
+        [
+            helper.make_tensor_value_info("item_vecs", TensorProto.FLOAT, ["batch", max_events, dim]),
+            helper.make_tensor_value_info("actions", TensorProto.INT64, ["batch", max_events]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", max_events]),
+        ],
+        [helper.make_tensor_value_info("user", TensorProto.FLOAT, ["batch", dim])],
+        initializer=[
+            numpy_helper.from_array(action_w, "aw"),
+            numpy_helper.from_array(pos_w, "pw"),
+            numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+            numpy_helper.from_array(np.array([2], np.int64), "ax2"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)

@@ -1,0 +1,88 @@
+"""A tiny but real bundle for device tests, built without torch: WordPiece tokenizer, onnx.helper
+encoder and tower, int8 catalog of a small demo shop, signed. ``SHELFRANK_TEST_BUNDLE`` (with its
+``.pub`` key beside it, if any) replaces it, e.g. with a bundle built on another machine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shelfrank.device import bundle as bfmt
+
+DIM = 16
+MAX_EVENTS = 6
+
+
+def build_device_bundle(root: Path, *, n_items: int = 300, seed: int = 5) -> tuple[Path, Path]:
+    from shelfrank.device.encoder import TextEncoder
+    from shelfrank.device.kernel import quantize_rows
+    from shelfrank.device.text import item_text
+    from shelfrank.export.bundle_writer import write_bundle
+    from shelfrank.export.demo_shop import make_demo_shop
+    from shelfrank.export.evaluate import popularity_scores
+    from shelfrank.testing import build_tiny_encoder, build_tiny_tower, build_wordpiece
+
+    ds = make_demo_shop(n_items=n_items, n_users=60, seed=seed)
+    texts = [item_text(ds.catalog.record(i)) for i in range(len(ds.catalog))]
+    work = root / "work"
+    vocab = build_wordpiece(texts, work)
+    build_tiny_encoder(work / "encoder.onnx", len(vocab), DIM, seed=seed)
+    build_tiny_tower(work / "tower.onnx", DIM, MAX_EVENTS)
+    rows = TextEncoder(work / "encoder.onnx", work / "tokenizer.json", max_len=32).encode(texts)
+    rows8, scales = quantize_rows(rows)
+    key, pub = bfmt.generate_keypair(root / "keys" / "publisher.key")
+    write_bundle(
+        root / "bundle",
+        ds,
+        encoder=work / "encoder.onnx",
+        tokenizer=work / "tokenizer.json",
+        tower=work / "tower.onnx",
+        rows8=rows8,
+        scales=scales,
+        popularity=popularity_scores(ds, len(texts)),
+        key=bfmt.load_private_key(key),
+        max_len=32,
+        max_events=MAX_EVENTS,
+        model={"layers": 0, "precision": "fp32"},
+    )
+    return root / "bundle", pub
+
+
+@pytest.fixture(scope="session")
+def bundle_and_key(tmp_path_factory) -> tuple[Path, Path | None]:
+    env = os.environ.get("SHELFRANK_TEST_BUNDLE")
+    if env:
+        pub = Path(env + ".pub")
+        return Path(env), pub if pub.exists() else None
+    return build_device_bundle(tmp_path_factory.mktemp("device-bundle"))
+
+
+@pytest.fixture()
+def bundle_copy(bundle_and_key, tmp_path) -> Path:
+    """A private copy a test may damage."""
+    dst = tmp_path / "bundle"
+    shutil.copytree(bundle_and_key[0], dst)
+    return dst
+
+
+@pytest.fixture()
+def rec(bundle_and_key, tmp_path):
+    from shelfrank.device import Recommender
+
+    bundle, pub = bundle_and_key
+    r = Recommender.open(bundle, public_key=pub, state_dir=tmp_path / "state")
+    yield r
+    r.close()
+
+
+@pytest.fixture()
+def item_ids(rec) -> list[str]:
+    return list(rec.catalog.item_ids)
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
