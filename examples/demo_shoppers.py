@@ -1,6 +1,6 @@
 """Call the on-device API for a few demo shoppers: recommendations before and after new events.
 
-    python examples/demo_shoppers.py BUNDLE [--state DIR]
+    python examples/demo_shoppers.py BUNDLE [--public-key PUB] [--state DIR]
 
 Uses only the lean runtime (``shelfrank.device``): no torch, no network.
 """
@@ -25,11 +25,12 @@ def show(title: str, items) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle")
+    ap.add_argument("--public-key", help="the publisher's public key to trust (default: unpinned, with a warning)")
     ap.add_argument("--state", help="state folder (default: a fresh temporary one)")
     args = ap.parse_args()
     state = args.state or tempfile.mkdtemp(prefix="shelfrank-demo-state-")
     t0 = time.perf_counter()
-    rec = Recommender.open(args.bundle, state_dir=state)
+    rec = Recommender.open(args.bundle, public_key=args.public_key, state_dir=state)
     print(f"opened {args.bundle} in {(time.perf_counter() - t0) * 1e3:.0f} ms: {len(rec.catalog):,} items")
     cat = rec.catalog
     by_category: dict[str, list[str]] = {}
