@@ -53,16 +53,18 @@ class Recommender:
         bundle: Path,
         manifest: dict[str, Any],
         state_dir: Path,
+        public_key: Any,
         *,
         threads: int = 1,
         providers: list | None = None,
         max_history: int = 200,
     ) -> None:
         self.bundle, self.manifest, self.state_dir = bundle, manifest, state_dir
+        self.public_key = public_key  # the publisher key the bundle verified with; catalog indexes too
         self.threads, self.providers = threads, providers
         model = manifest["model"]
         self.dim = int(model["dim"])
-        self.catalog = Catalog(bundle / "catalog", version=int(manifest["catalog"]["version"]), dim=self.dim)
+        self.catalog = self._newest_catalog()
         tower = manifest.get("user_tower", {})
         if tower.get("kind") != "sequence":
             raise BundleError(
@@ -106,13 +108,42 @@ class Recommender:
             key = state / "trusted.pub"
         if key is None:
             logger.warning("%s: no trusted publisher key pinned; trusting the bundle's own key (unpinned)", bundle)
-        manifest = bfmt.verify_bundle(bundle.resolve(), public_key=key)
+        trusted = bfmt.load_public_key(key if key is not None else bundle / bfmt.PUBLIC_KEY)
+        manifest = bfmt.verify_bundle(bundle.resolve(), public_key=trusted)
         n_threads, providers = 1, None
         if board is not None:
             n_threads, providers = _board_settings(board)
         if threads is not None:
             n_threads = int(threads)
-        return cls(bundle.resolve(), manifest, state, threads=n_threads, providers=providers)
+        return cls(bundle.resolve(), manifest, state, trusted, threads=n_threads, providers=providers)
+
+    # ---- the catalog ----------------------------------------------------------------------------
+
+    def _newest_catalog(self) -> Catalog:
+        """The newer of the bundle's catalog and the last one synced into the state folder."""
+        from shelfrank.device.sync import CatalogStore
+
+        base_version = int(self.manifest["catalog"]["version"])
+        synced = CatalogStore(self.state_dir).current()
+        if synced is not None:
+            version, path, meta = synced
+            if version > base_version and meta.get("model_sha256") == self.manifest["model"]["sha256"]:
+                try:
+                    return Catalog(path, version=version, dim=self.dim)
+                except BundleError as e:
+                    logger.warning("synced catalog %s unusable (%s); serving the bundle's", path, e)
+        return Catalog(self.bundle / "catalog", version=base_version, dim=self.dim)
+
+    def _swap_catalog(self, path: Path, version: int) -> None:
+        new = Catalog(path, version=version, dim=self.dim)
+        with self._lock:
+            self.catalog = new  # one reference swap: a query already running keeps its catalog
+
+    def sync(self, url_or_dir: str | Path):
+        """Fetch and apply the publisher's newest catalog (``shelfrank.device.sync.sync``)."""
+        from shelfrank.device.sync import sync
+
+        return sync(self, url_or_dir)
 
     # ---- events ------------------------------------------------------------------------------
 
@@ -136,19 +167,18 @@ class Recommender:
 
     # ---- queries -----------------------------------------------------------------------------
 
-    def user_vector(self, user_id: str) -> np.ndarray | None:
+    def user_vector(self, user_id: str, cat: Catalog | None = None) -> np.ndarray | None:
         """The shopper's vector from their recent events (None with no usable history); cached until
         their next event."""
+        cat = self.catalog if cat is None else cat
         gen = self.events.generation(user_id)
         with self._lock:
             hit = self._cache.get(user_id)
-        if hit is not None and hit[0] == gen and hit[1] == self.catalog.version:
+        if hit is not None and hit[0] == gen and hit[1] == cat.version:
             return hit[2]
         recent = self.events.history(user_id, limit=self.max_events * 4)
         steps = [
-            (self.catalog.index[e.item_id], ACTION_IDS[e.action])
-            for e in reversed(recent)
-            if e.item_id in self.catalog.index
+            (cat.index[e.item_id], ACTION_IDS[e.action]) for e in reversed(recent) if e.item_id in cat.index
         ]  # items a sync removed are kept but ignored
         vec = None
         if steps:
@@ -167,19 +197,18 @@ class Recommender:
             rows[: len(merged)] = [r for r, _ in merged]
             acts[0, : len(merged)] = [a for _, a in merged]
             mask[0, : len(merged)] = 1.0
-            feeds = {"item_vecs": self.catalog.vectors(rows)[None], "actions": acts, "mask": mask}
+            feeds = {"item_vecs": cat.vectors(rows)[None], "actions": acts, "mask": mask}
             (u,) = self._tower.run(["user"], feeds)
             vec = np.ascontiguousarray(u[0], np.float32)
             if not np.isfinite(vec).all():
                 raise BundleError(f"{self.bundle}: the user tower produced NaN/inf")
         with self._lock:
-            self._cache[user_id] = (gen, self.catalog.version, vec)
+            self._cache[user_id] = (gen, cat.version, vec)
         return vec
 
-    def _rank(self, query: np.ndarray | None, k: int, mask: np.ndarray | None) -> list[Item]:
+    def _rank(self, cat: Catalog, query: np.ndarray | None, k: int, mask: np.ndarray | None) -> list[Item]:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")
-        cat = self.catalog
         if query is None:  # cold start: the bundle's popularity
             pop = np.where(mask, cat.popularity, -np.inf) if mask is not None else cat.popularity
             order = np.lexsort((np.arange(len(cat)), -pop))[:k]
@@ -191,30 +220,31 @@ class Recommender:
         self, user_id: str, k: int = 10, *, exclude_seen: bool = True, where: Mapping[str, Any] | None = None
     ) -> list[Item]:
         """Items for this shopper, best first; popular items when they have no history yet."""
-        mask = self.catalog.mask(where)
+        cat = self.catalog  # one consistent catalog for the whole call
+        mask = cat.mask(where)
         if exclude_seen:
-            seen = [
-                self.catalog.index[e.item_id] for e in self.events.history(user_id) if e.item_id in self.catalog.index
-            ]
+            seen = [cat.index[e.item_id] for e in self.events.history(user_id) if e.item_id in cat.index]
             if seen:
-                mask = np.ones(len(self.catalog), bool) if mask is None else mask
+                mask = np.ones(len(cat), bool) if mask is None else mask
                 mask[seen] = False
-        return self._rank(self.user_vector(user_id), k, mask)
+        return self._rank(cat, self.user_vector(user_id, cat), k, mask)
 
     def similar(self, item_id: str, k: int = 10, *, where: Mapping[str, Any] | None = None) -> list[Item]:
         """Items closest to ``item_id`` (never the item itself)."""
-        row = self.catalog.row(item_id)
-        mask = self.catalog.mask(where)
-        mask = np.ones(len(self.catalog), bool) if mask is None else mask
+        cat = self.catalog  # one consistent catalog for the whole call
+        row = cat.row(item_id)
+        mask = cat.mask(where)
+        mask = np.ones(len(cat), bool) if mask is None else mask
         mask[row] = False
-        return self._rank(self.catalog.vectors(np.array([row]))[0], k, mask)
+        return self._rank(cat, cat.vectors(np.array([row]))[0], k, mask)
 
     def search(self, text: str, k: int = 10, *, where: Mapping[str, Any] | None = None) -> list[Item]:
         """Items matching a free-text query, embedded on the device with the bundle's encoder."""
+        cat = self.catalog  # one consistent catalog for the whole call
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"search text must be a non-empty string, got {text!r}")
         q = self.encoder.encode([text])[0]
-        return self._rank(q, k, self.catalog.mask(where))
+        return self._rank(cat, q, k, cat.mask(where))
 
     @property
     def encoder(self) -> TextEncoder:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
-import sqlite3
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,45 +14,23 @@ import numpy as np
 
 from shelfrank import __version__
 from shelfrank.device import bundle as bfmt
+from shelfrank.device.catalog_files import CatalogData, write_catalog_dir
 from shelfrank.device.text import ACTION_IDS, ITEM_FIELDS, SEPARATOR
 from shelfrank.export.data import Dataset
 
 
 def write_catalog(root: Path, ds: Dataset, rows8: np.ndarray, scales: np.ndarray, popularity: np.ndarray) -> dict:
-    cat = root / "catalog"
-    cat.mkdir(parents=True)
-    np.save(cat / "emb.i8.npy", rows8)
-    np.save(cat / "scale.f32.npy", scales.astype(np.float32))
-    con = sqlite3.connect(cat / "items.sqlite")
-    with con:
-        con.execute(
-            "CREATE TABLE items (row INTEGER PRIMARY KEY, item_id TEXT UNIQUE NOT NULL, title TEXT NOT NULL, "
-            "category TEXT, brand TEXT, price REAL, in_stock INTEGER NOT NULL, popularity REAL NOT NULL)"
-        )
-        c = ds.catalog
-        con.executemany(
-            "INSERT INTO items VALUES (?,?,?,?,?,?,?,?)",
-            (
-                (
-                    i,
-                    c.item_ids[i],
-                    c.titles[i],
-                    c.category[i],
-                    c.brand[i],
-                    None if np.isnan(c.price[i]) else float(c.price[i]),
-                    int(c.in_stock[i]),
-                    float(popularity[i]),
-                )
-                for i in range(len(c))
-            ),
-        )
-    con.close()
+    """The bundle's catalog (version 1) under ``root/catalog``; returns its manifest entry."""
+    items = [{**ds.catalog.record(i), "popularity": float(popularity[i])} for i in range(len(ds.catalog))]
+    data = CatalogData(items, rows8, scales.astype(np.float32))
+    data.check(int(rows8.shape[1]), f"{ds.name} catalog")
+    files = write_catalog_dir(root / "catalog", data, fsync=False)
     return {
         "version": 1,
         "count": int(rows8.shape[0]),
         "dim": int(rows8.shape[1]),
         "dtype": "int8",
-        "files": {"rows": "catalog/emb.i8.npy", "scales": "catalog/scale.f32.npy", "items": "catalog/items.sqlite"},
+        "files": {role: f"catalog/{name}" for role, name in files.items()},
     }
 
 

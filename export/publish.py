@@ -1,0 +1,147 @@
+"""``shelfrank publish``: catalog updates as a signed, versioned index + snapshot + deltas.
+
+The output folder can be served by any static HTTP server or CDN, or read as a directory::
+
+    index.json                 {"signed": {...}, "signature": hex, "key_id": hex}
+    snapshots/<v>/             items.sqlite, emb.i8.npy, scale.f32.npy  (the whole catalog v)
+    deltas/<v-1>-<v>/          changes.json, rows.i8.npy, scales.f32.npy (removes + upserts)
+
+Items whose text is unchanged keep their rows (with the learned residual); new or re-worded items
+are embedded with the bundle's own int8 encoder, exactly as a device would. ``index.json`` is
+written last, by rename, so a reader never sees an index naming files that are not there yet.
+Needs no torch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shelfrank.device import bundle as bfmt
+from shelfrank.device.catalog_files import FILES, CatalogData, read_catalog_dir, write_catalog_dir
+from shelfrank.device.encoder import TextEncoder
+from shelfrank.device.kernel import quantize_rows
+from shelfrank.device.text import item_text
+from shelfrank.export.data import Catalog
+
+logger = logging.getLogger(__name__)
+
+INDEX = "index.json"
+INDEX_FORMAT = 1
+
+
+def _file_entry(root: Path, rel: str) -> dict[str, Any]:
+    p = root / rel
+    return {"path": rel, "sha256": bfmt.sha256_file(p), "size": p.stat().st_size}
+
+
+def sign_index(signed: dict[str, Any], key) -> bytes:
+    body = bfmt.canonical_json(signed)
+    pub = key.public_key()
+    doc = {"signed": signed, "signature": key.sign(body).hex(), "key_id": bfmt.key_id(pub)}
+    return bfmt.canonical_json(doc)
+
+
+def publish(
+    bundle: str | Path,
+    out: str | Path,
+    catalog: Catalog,
+    *,
+    key,
+    expires_days: float = 30.0,
+    keep_deltas: int = 5,
+    now: _dt.datetime | None = None,
+) -> dict[str, Any]:
+    """Publish ``catalog`` (the shop's whole current item list) as the next version in ``out``.
+
+    Returns the signed part of the new index.
+    """
+    bundle, out = Path(bundle), Path(out)
+    manifest = bfmt.verify_bundle(bundle, public_key=key.public_key())
+    model = manifest["model"]
+    dim = int(model["dim"])
+    fields = manifest["text"]["item_fields"]
+    sep = manifest["text"]["separator"]
+    prev_signed = None
+    if (out / INDEX).exists():
+        prev_signed = json.loads((out / INDEX).read_text())["signed"]
+        if prev_signed["model_sha256"] != model["sha256"]:
+            raise bfmt.BundleError(f"{out / INDEX}: published for another encoder; publish into a new folder")
+        prev = read_catalog_dir(out / "snapshots" / str(prev_signed["version"]))
+        prev_version = int(prev_signed["version"])
+    else:
+        prev = read_catalog_dir(bundle / "catalog")
+        prev_version = int(manifest["catalog"]["version"])
+    version = prev_version + 1
+    prev_index = {it["item_id"]: i for i, it in enumerate(prev.items)}
+
+    items, rows, scales, to_embed = [], np.zeros((len(catalog), dim), np.int8), np.zeros(len(catalog), np.float32), []
+    for j in range(len(catalog)):
+        rec = catalog.record(j)
+        i = prev_index.get(rec["item_id"])
+        old = prev.items[i] if i is not None else None
+        rec["popularity"] = float(old["popularity"]) if old else 0.0
+        items.append(rec)
+        if old is not None and item_text(old, fields, sep) == item_text(rec, fields, sep):
+            rows[j], scales[j] = prev.rows[i], prev.scales[i]
+        else:
+            to_embed.append(j)
+    if to_embed:
+        enc = TextEncoder(bundle / model["file"], bundle / manifest["tokenizer"]["file"], max_len=int(model["max_len"]))
+        emb = enc.encode([item_text(items[j], fields, sep) for j in to_embed])
+        r8, s8 = quantize_rows(emb)
+        rows[to_embed], scales[to_embed] = r8, s8
+    new = CatalogData(items, rows, scales)
+    new.check(dim, "publish")
+
+    snap_rel = f"snapshots/{version}"
+    write_catalog_dir(out / snap_rel, new)
+    new_ids = {it["item_id"] for it in items}
+    removed = [it["item_id"] for it in prev.items if it["item_id"] not in new_ids]
+
+    def changed(j: int) -> bool:
+        i = prev_index.get(items[j]["item_id"])
+        return i is None or items[j] != prev.items[i] or not np.array_equal(rows[j], prev.rows[i])
+
+    upserts = [j for j in range(len(items)) if changed(j)]
+    delta_rel = f"deltas/{prev_version}-{version}"
+    ddir = out / delta_rel
+    ddir.mkdir(parents=True, exist_ok=True)
+    (ddir / "changes.json").write_text(json.dumps({"from": prev_version, "to": version, "remove": removed,
+                                                   "upsert": [items[j] for j in upserts]}, indent=1))
+    np.save(ddir / "rows.i8.npy", rows[upserts] if upserts else np.zeros((0, dim), np.int8))
+    np.save(ddir / "scales.f32.npy", scales[upserts] if upserts else np.zeros(0, np.float32))
+
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    deltas = [d for d in (prev_signed or {}).get("deltas", []) if (out / d["files"][0]["path"]).exists()]
+    deltas.append({"from": prev_version, "to": version, "files": [
+        _file_entry(out, f"{delta_rel}/{n}") for n in ("changes.json", "rows.i8.npy", "scales.f32.npy")]})
+    deltas = deltas[-keep_deltas:]
+    signed = {
+        "format_version": INDEX_FORMAT,
+        "version": version,
+        "created_at": now.isoformat(timespec="seconds"),
+        "expires": (now + _dt.timedelta(days=expires_days)).isoformat(timespec="seconds"),
+        "model_sha256": model["sha256"],
+        "dim": dim,
+        "count": len(items),
+        "snapshot": {"version": version, "files": [_file_entry(out, f"{snap_rel}/{n}") for n in FILES.values()]},
+        "deltas": deltas,
+    }
+    tmp = out / f".{INDEX}.{os.getpid()}"
+    tmp.write_bytes(sign_index(signed, key))
+    os.replace(tmp, out / INDEX)
+    # a device that is not on a delta's base takes the newest snapshot; older ones are unused
+    for old_snap in (out / "snapshots").iterdir():
+        if old_snap.name != str(version):
+            shutil.rmtree(old_snap, ignore_errors=True)
+    logger.info("published catalog version %d: %d items, %d removed, %d added or changed (%d embedded)",
+                version, len(items), len(removed), len(upserts), len(to_embed))
+    return signed
