@@ -76,6 +76,38 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_publish(args: argparse.Namespace) -> int:
+    _log_progress()
+    from shelfrank.device.bundle import load_private_key
+    from shelfrank.export.data import load_items
+    from shelfrank.export.publish import publish
+
+    signed = publish(
+        args.bundle, args.out, load_items(args.items), key=load_private_key(args.key), expires_days=args.expires_days
+    )
+    print(
+        f"published catalog version {signed['version']} ({signed['count']:,} items) to {args.out}; "
+        f"expires {signed['expires']}"
+    )
+    return 0
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    _log_progress()
+    from shelfrank.device import Recommender
+
+    rec = Recommender.open(args.bundle, public_key=args.public_key, state_dir=args.state)
+    try:
+        res = rec.sync(args.source)
+    finally:
+        rec.close()
+    print(
+        f"catalog {res.from_version} → {res.to_version} ({res.method}, "
+        f"{res.downloaded_bytes:,} bytes) from {res.source}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shelfrank", description="On-device e-commerce recommendation.")
     p.add_argument("--version", action="version", version=f"shelfrank {__version__}")
@@ -100,6 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--teacher", help="local Hugging Face BERT directory (default: packaged all-MiniLM-L6-v2)")
     ex.add_argument("--resume", action="store_true", help="reuse the checkpoints in OUT.work/")
     ex.set_defaults(func=_cmd_export)
+
+    pb = sub.add_parser("publish", help="publish a catalog update (signed index + snapshot + delta)")
+    pb.add_argument("--bundle", required=True, help="the bundle the devices run (its encoder embeds new items)")
+    pb.add_argument("--items", required=True, help="the shop's whole current item list (CSV/JSONL/Parquet)")
+    pb.add_argument("--out", required=True, help="the folder a static HTTP server or CDN serves")
+    pb.add_argument("--key", required=True, help="the publisher's Ed25519 private key")
+    pb.add_argument("--expires-days", type=float, default=30.0, help="devices refuse the index after this")
+    pb.set_defaults(func=_cmd_publish)
+
+    sy = sub.add_parser("sync", help="on the device: fetch and apply the newest catalog")
+    sy.add_argument("bundle", help="bundle directory or PREFIX/current")
+    sy.add_argument("source", help="http(s):// URL or directory of a published catalog")
+    sy.add_argument("--public-key", help="trusted publisher key (default: state/trusted.pub, else unpinned)")
+    sy.add_argument("--state", help="state folder (default: PREFIX/state for a flashed layout)")
+    sy.set_defaults(func=_cmd_sync)
 
     bench = sub.add_parser("bench", help="benchmarks: 'kernel' (top-k kernel only) or a bundle path")
     bench.add_argument("target", help="'kernel', or a bundle path")
