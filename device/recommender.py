@@ -167,16 +167,24 @@ class Recommender:
 
     # ---- queries -----------------------------------------------------------------------------
 
-    def user_vector(self, user_id: str, cat: Catalog | None = None) -> np.ndarray | None:
+    def user_vector(
+        self, user_id: str, cat: Catalog | None = None, events: tuple[int, list[Event]] | None = None
+    ) -> np.ndarray | None:
         """The shopper's vector from their recent events (None with no usable history); cached until
-        their next event."""
+        their next event. ``events`` = (generation, history) when the caller already read them."""
         cat = self.catalog if cat is None else cat
-        gen = self.events.generation(user_id)
+        # the generation is read before the events, so a concurrent record can only make the
+        # cached vector look stale (recomputed next time), never make a stale one look fresh
+        gen, history = events if events is not None else (self.events.generation(user_id), None)
         with self._lock:
             hit = self._cache.get(user_id)
         if hit is not None and hit[0] == gen and hit[1] == cat.version:
             return hit[2]
-        recent = self.events.history(user_id, limit=self.max_events * 4)
+        recent = (
+            history[-self.max_events * 4 :]
+            if history is not None
+            else self.events.history(user_id, limit=self.max_events * 4)
+        )
         steps = [
             (cat.index[e.item_id], ACTION_IDS[e.action]) for e in reversed(recent) if e.item_id in cat.index
         ]  # items a sync removed are kept but ignored
@@ -212,9 +220,11 @@ class Recommender:
         if query is None:  # cold start: the bundle's popularity
             pop = np.where(mask, cat.popularity, -np.inf) if mask is not None else cat.popularity
             order = np.lexsort((np.arange(len(cat)), -pop))[:k]
-            return [cat.item(int(r), float(pop[r])) for r in order if np.isfinite(pop[r])]
+            keep = [int(r) for r in order if np.isfinite(pop[r])]
+            return cat.items(keep, [float(pop[r]) for r in keep])
         ids, scores = topk(query, cat.rows, k, scales=cat.scales, mask=mask, threads=self.threads)
-        return [cat.item(int(r), float(s)) for r, s in zip(ids, scores) if r >= 0]
+        found = ids >= 0
+        return cat.items(ids[found].tolist(), scores[found].tolist())
 
     def recommend(
         self, user_id: str, k: int = 10, *, exclude_seen: bool = True, where: Mapping[str, Any] | None = None
@@ -222,12 +232,14 @@ class Recommender:
         """Items for this shopper, best first; popular items when they have no history yet."""
         cat = self.catalog  # one consistent catalog for the whole call
         mask = cat.mask(where)
+        gen = self.events.generation(user_id)
+        events = self.events.history(user_id)  # read once: for the seen mask and the user vector
         if exclude_seen:
-            seen = [cat.index[e.item_id] for e in self.events.history(user_id) if e.item_id in cat.index]
+            seen = [cat.index[e.item_id] for e in events if e.item_id in cat.index]
             if seen:
                 mask = np.ones(len(cat), bool) if mask is None else mask
                 mask[seen] = False
-        return self._rank(cat, self.user_vector(user_id, cat), k, mask)
+        return self._rank(cat, self.user_vector(user_id, cat, (gen, events)), k, mask)
 
     def similar(self, item_id: str, k: int = 10, *, where: Mapping[str, Any] | None = None) -> list[Item]:
         """Items closest to ``item_id`` (never the item itself)."""

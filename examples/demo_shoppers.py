@@ -33,9 +33,10 @@ def main() -> None:
     rec = Recommender.open(args.bundle, public_key=args.public_key, state_dir=state)
     print(f"opened {args.bundle} in {(time.perf_counter() - t0) * 1e3:.0f} ms: {len(rec.catalog):,} items")
     cat = rec.catalog
-    by_category: dict[str, list[str]] = {}
-    for item_id, c in zip(cat.item_ids, cat.category):
-        by_category.setdefault(c or "?", []).append(item_id)
+    by_category = {
+        c: [cat.item_ids[r] for r in cat.rows_where({"category": c})[:3]]
+        for c in ("Coffee", "Consoles", "Running", "Outdoor", "Games")
+    }
     shoppers = [
         ("shopper-A", [(by_category[c][i], a) for c, i, a in (("Coffee", 0, "view"), ("Coffee", 1, "cart"))]),
         ("shopper-B", [(by_category["Consoles"][0], "purchase")]),
@@ -46,14 +47,15 @@ def main() -> None:
         show("before any event (cold start: popular items)", rec.recommend(user, k=5))
         for item_id, action in events:
             rec.record(user, item_id, action)
-            print(f"  + {action:8s} {cat.titles[cat.index[item_id]]}")
+            print(f"  + {action:8s} {cat.item(cat.index[item_id]).title}")
         t0 = time.perf_counter()
         recs = rec.recommend(user, k=5)
         ms = (time.perf_counter() - t0) * 1e3
         show(f"after those events ({ms:.1f} ms)", recs)
         show("in stock, under $60", rec.recommend(user, k=3, where={"in_stock": True, "max_price": 60}))
     print()
-    show("similar to " + cat.titles[cat.index[by_category["Games"][0]]], rec.similar(by_category["Games"][0], k=3))
+    game = by_category["Games"][0]
+    show("similar to " + cat.item(cat.index[game]).title, rec.similar(game, k=3))
     show("search 'wireless headphones'", rec.search("wireless headphones", k=3))
     rec.close()
 

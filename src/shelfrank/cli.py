@@ -32,10 +32,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from shelfrank.device.bench_kernel import main as bench_kernel_main
 
         return bench_kernel_main(args)
-    raise ShelfrankError(
-        f"bench {args.target!r}: the whole-pipeline bench of a bundle is not built yet; "
-        "run 'shelfrank bench kernel' (a folder named 'kernel' is passed as ./kernel)"
-    )
+    from shelfrank.device.bench_pipeline import main as bench_pipeline_main
+
+    return bench_pipeline_main(args)
 
 
 def _log_progress() -> None:
@@ -153,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
     bench.add_argument("--md", metavar="OUT", help="write the report as Markdown to OUT")
     bench.add_argument("--quick", action="store_true", help="smaller sweep for a fast look")
+    bench.add_argument("--baselines", metavar="DIR", help="the export's BUNDLE.baselines folder (naive pipeline)")
+    bench.add_argument("--public-key", help="trusted publisher key for the bundle (default: unpinned)")
     bench.add_argument("--sizes", help="comma-separated catalog sizes (default 10000,100000,1000000)")
     bench.add_argument("--threads", help="comma-separated thread counts (default 1,2)")
     bench.add_argument("--repeats", type=int, default=None, help="timed repetitions per cell")

@@ -53,19 +53,19 @@ def test_similar_never_returns_the_item(rec, item_ids):
 
 
 def test_search_finds_the_title(rec, item_ids):
-    title = rec.catalog.titles[42]
+    title = rec.catalog.item(42).title
     got = rec.search(title, k=5)
     assert rec.catalog.item_ids[42] in [r.item_id for r in got]
 
 
 def test_where_filters(rec, item_ids):
     cat = rec.catalog
-    category = cat.category[0]
+    category = cat.item(0).category
     for r in rec.search("game", k=20, where={"category": category}):
         assert r.category == category
     for r in rec.recommend("nobody", k=20, where={"max_price": 30, "min_price": 10, "in_stock": True}):
         assert 10 <= r.price <= 30 and r.in_stock
-    brands = sorted({b for b in cat.brand if b})[:2]
+    brands = sorted({cat.item(r).brand for r in range(40)} - {None})[:2]
     assert {r.brand for r in rec.similar(item_ids[1], k=30, where={"brand": brands})} <= set(brands)
     allow = item_ids[10:13]
     assert {r.item_id for r in rec.similar(item_ids[1], k=10, where={"allow_ids": allow})} == set(allow)

@@ -1,0 +1,301 @@
+"""``shelfrank bench BUNDLE``: the on-device pipeline, stage by stage, against the naive pipeline.
+
+Per stage (1 thread, batch 1, after warm-up; p50/p95/p99): for ``recommend`` with a 20-event
+history — history read, user tower, int8 top-k, end to end (cache cleared each time); for
+``search`` — tokenize, encode, top-k, end to end. The catalog is the bundle's, expanded to each
+size of the sweep (rows perturbed and re-quantised). Baselines in the same run: the naive
+pipeline (the fine-tuned teacher in torch fp32 over the history text at 128 tokens + a numpy fp32
+scan), when ``--baselines DIR`` holds the export's teacher and torch is installed. Also: import
+time, open time and peak RSS, each measured in a fresh process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shelfrank.device.catalog_files import CatalogData, read_catalog_dir, write_catalog_dir
+from shelfrank.device.kernel import quantize_rows
+
+
+def _stats(ts: list[float]) -> dict[str, float]:
+    a = np.asarray(ts) * 1e3
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "n": len(ts),
+    }
+
+
+def _time(fn, runs: int, warmup: int = 5) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return _stats(ts)
+
+
+def expand_catalog(base: CatalogData, n: int, *, seed: int = 0, noise: float = 0.05) -> CatalogData:
+    """``n`` items: the base catalog repeated, each copy's rows perturbed and re-quantised."""
+    rng = np.random.default_rng(seed)
+    m = len(base.items)
+    src = np.arange(n) % m
+    vecs = base.rows[src].astype(np.float32) * base.scales[src, None]
+    copy = src != np.arange(n)
+    vecs[copy] += rng.standard_normal((int(copy.sum()), vecs.shape[1])).astype(np.float32) * noise
+    vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    rows, scales = quantize_rows(np.ascontiguousarray(vecs))
+    items = []
+    for j, i in enumerate(src.tolist()):
+        it = dict(base.items[i])
+        if j >= m:
+            it["item_id"] = f"{it['item_id']}~{j // m}"
+        items.append(it)
+    return CatalogData(items, rows, scales)
+
+
+_PROBE = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    def peak_rss_mb():
+        # VmHWM: this process's own high-water mark. ru_maxrss would also count the parent's
+        # RSS at fork+exec time (Linux carries it across execve).
+        try:
+            for line in open("/proc/self/status"):
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    import shelfrank.device
+    t_import = time.perf_counter() - t0
+    from shelfrank.device import Recommender
+    bundle, pub, state, catalog, n_queries = sys.argv[1:6]
+    t0 = time.perf_counter()
+    rec = Recommender.open(bundle, public_key=pub or None, state_dir=state)
+    t_open = time.perf_counter() - t0
+    if catalog:
+        rec._swap_catalog(catalog, 10**6)
+    ids = rec.catalog.item_ids
+    for i in range(20):
+        rec.record("bench-user", ids[(i * 7919) % len(ids)], ("view", "click", "cart", "purchase")[i % 4])
+    for _ in range(int(n_queries)):
+        rec._cache.clear()
+        rec.recommend("bench-user", k=10)
+    print(json.dumps({"import_s": t_import, "open_s": t_open,
+                      "peak_rss_mb": peak_rss_mb()}))
+    """
+)
+
+
+def _probe(bundle: Path, pub: str | None, catalog: Path | None, n_queries: int, tmp: Path) -> dict[str, float]:
+    script = tmp / "probe.py"
+    script.write_text(_PROBE)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(bundle),
+            pub or "",
+            str(tmp / f"state-{time.monotonic_ns()}"),
+            str(catalog or ""),
+            str(n_queries),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _naive(baselines: Path | None, history_texts: list[str], rows_f32: np.ndarray, runs: int) -> dict | str:
+    if baselines is None or not (baselines / "teacher").is_dir():
+        return "not available (pass --baselines BUNDLE.baselines with the export's fine-tuned teacher)"
+    try:
+        import torch
+        from transformers import BertModel
+    except ImportError:
+        return "not available (needs torch + transformers: pip install 'shelfrank[export]')"
+    from shelfrank.export.models import MeanPoolEncoder
+    from shelfrank.export.train import Tokens
+
+    torch.set_num_threads(1)
+    enc = MeanPoolEncoder(BertModel.from_pretrained(baselines / "teacher", local_files_only=True)).eval()
+    tok = Tokens(str(baselines / "teacher" / "tokenizer.json"), 128)
+    k = iter(range(10**9))
+
+    def run():
+        ids, mask = tok([history_texts[next(k) % len(history_texts)]])
+        pad = 128 - ids.shape[1]  # the naive pipeline pads every history to 128 tokens
+        ids = torch.nn.functional.pad(ids, (0, pad))
+        mask = torch.nn.functional.pad(mask, (0, pad))
+        with torch.inference_mode():
+            u = enc(ids, mask)[0].numpy()
+        s = rows_f32 @ u
+        top = np.argpartition(-s, 10)[:10]
+        return top[np.argsort(-s[top])]
+
+    return _time(run, runs)
+
+
+def _one_size(rec, base: CatalogData, n: int, runs: int, tmp: Path, rng, baselines: Path | None) -> tuple[dict, Path]:
+    from shelfrank.device.kernel import topk
+    from shelfrank.device.text import ACTIONS, history_text
+
+    cat_dir = tmp / f"catalog-{n}"
+    data = expand_catalog(base, n)
+    write_catalog_dir(cat_dir, data, fsync=False)
+    rec._swap_catalog(cat_dir, 10**6 + n)
+    cat = rec.catalog
+    user = f"bench-{n}"
+    picks = rng.choice(len(base.items), 20, replace=False)
+    for j, i in enumerate(picks):
+        rec.record(user, cat.item_ids[int(i)], ACTIONS[j % 4])
+    u = rec.user_vector(user)
+    stages: dict[str, Any] = {}
+    stages["history read"] = _time(lambda: rec.events.history(user, limit=rec.max_events * 4), runs)
+
+    def tower():
+        rec._cache.clear()
+        rec.user_vector(user)
+
+    stages["user tower (incl. history read)"] = _time(tower, runs)
+    stages["int8 top-k"] = _time(lambda: topk(u, cat.rows, 10, scales=cat.scales), runs)
+
+    def e2e():
+        rec._cache.clear()
+        rec.recommend(user, k=10)
+
+    stages["recommend end to end"] = _time(e2e, runs)
+    rest = (
+        stages["recommend end to end"]["p50_ms"]
+        - stages["user tower (incl. history read)"]["p50_ms"]
+        - stages["int8 top-k"]["p50_ms"]
+    )
+    text = cat.item(int(picks[0])).title
+    enc = rec.encoder
+    feeds = enc.tokenize([text])
+    search = {
+        "tokenize": _time(lambda: enc.tokenize([text]), runs),
+        "encode (int8 ONNX)": _time(lambda: enc.run(feeds), runs),
+        "search end to end": _time(lambda: rec.search(text, k=10), runs),
+    }
+    hist = [(e.action, cat.item(cat.index[e.item_id]).title) for e in reversed(rec.history(user))]
+    rows_f32 = cat.rows.astype(np.float32) * cat.scales[:, None]
+    naive = _naive(baselines, [history_text(hist)], rows_f32, max(10, runs // 4))
+    entry = {
+        "recommend": stages,
+        "rest_p50_ms": rest,
+        "rest_share": rest / stages["recommend end to end"]["p50_ms"],
+        "search": search,
+        "naive": naive,
+    }
+    if isinstance(naive, dict):
+        entry["speedup_vs_naive"] = naive["p50_ms"] / stages["recommend end to end"]["p50_ms"]
+    return entry, cat_dir
+
+
+def run_bench(
+    bundle: Path,
+    *,
+    public_key: str | None,
+    sizes: list[int],
+    runs: int,
+    baselines: Path | None,
+    probe_queries: int = 200,
+) -> dict[str, Any]:
+    from shelfrank.device import Recommender
+    from shelfrank.device.kernel import active_isa
+    from shelfrank.sysinfo import system_info
+
+    report: dict[str, Any] = {"system": system_info(), "bundle": str(bundle), "runs": runs, "threads": 1, "sizes": {}}
+    base = read_catalog_dir(bundle / "catalog")
+    with tempfile.TemporaryDirectory(prefix="shelfrank-bench-") as tmpd:
+        tmp = Path(tmpd)
+        report["bundle_open"] = _probe(bundle, public_key, None, 0, tmp)
+        rec = Recommender.open(bundle, public_key=public_key, state_dir=tmp / "state")
+        rng = np.random.default_rng(0)
+        for n in sizes:
+            entry, cat_dir = _one_size(rec, base, n, runs, tmp, rng, baselines)
+            report["sizes"][n] = entry
+            if n == max(sizes):
+                report["process_at_max_size"] = _probe(bundle, public_key, cat_dir, probe_queries, tmp)
+        rec.close()
+    report["isa"] = active_isa()
+    report["machine"] = platform.machine()
+    return report
+
+
+def render(report: dict[str, Any]) -> str:
+    s = report["system"]
+    lines = [
+        f"# shelfrank bench {report['bundle']}",
+        "",
+        f"{s['cpu']} ({s['machine']}, {s['cores']} cores), kernel ISA {report['isa']}, onnxruntime "
+        f"{s['onnxruntime']}, shelfrank {s['shelfrank']} ({s['commit']}); 1 thread, batch 1, "
+        f"{report['runs']} runs after warm-up.",
+        "",
+    ]
+    o = report["bundle_open"]
+    lines.append(
+        f"Fresh process: `import shelfrank.device` {o['import_s'] * 1e3:.0f} ms, `Recommender.open` "
+        f"{o['open_s'] * 1e3:.0f} ms."
+    )
+    if "process_at_max_size" in report:
+        p = report["process_at_max_size"]
+        lines.append(
+            f"Peak RSS with the {max(report['sizes']):,}-item catalog after 200 recommends: {p['peak_rss_mb']:.0f} MB."
+        )
+    lines += ["", "| catalog | stage | p50 ms | p95 ms | p99 ms |", "| ---: | :--- | ---: | ---: | ---: |"]
+    for n, e in report["sizes"].items():
+        for group in ("recommend", "search"):
+            for name, st in e[group].items():
+                lines.append(f"| {n:,} | {name} | {st['p50_ms']:.3f} | {st['p95_ms']:.3f} | {st['p99_ms']:.3f} |")
+        lines.append(f"| {n:,} | the rest of recommend (p50) | {e['rest_p50_ms']:.3f} | | |")
+        if isinstance(e["naive"], dict):
+            nv = e["naive"]
+            lines.append(
+                f"| {n:,} | naive: teacher torch fp32 @128 + numpy fp32 scan | {nv['p50_ms']:.2f} | "
+                f"{nv['p95_ms']:.2f} | {nv['p99_ms']:.2f} |"
+            )
+    lines += ["", "| catalog | recommend p50 ms | rest share | × naive |", "| ---: | ---: | ---: | ---: |"]
+    for n, e in report["sizes"].items():
+        sp = f"{e['speedup_vs_naive']:.1f}×" if "speedup_vs_naive" in e else str(e["naive"])
+        lines.append(
+            f"| {n:,} | {e['recommend']['recommend end to end']['p50_ms']:.3f} | {e['rest_share']:.0%} | {sp} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(args: argparse.Namespace) -> int:
+    sizes = [int(x) for x in (args.sizes or ("10000,100000" if args.quick else "10000,100000,1000000")).split(",")]
+    runs = args.repeats or (50 if args.quick else 200)
+    baselines = Path(args.baselines) if args.baselines else None
+    if baselines is None and Path(str(Path(args.target)) + ".baselines").is_dir():
+        baselines = Path(str(Path(args.target)) + ".baselines")
+    report = run_bench(
+        Path(args.target), public_key=getattr(args, "public_key", None), sizes=sizes, runs=runs, baselines=baselines
+    )
+    md = render(report)
+    print(md)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+    if args.md:
+        Path(args.md).write_text(md)
+    return 0
