@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,22 +60,35 @@ class Catalog:
             self._con = sqlite3.connect(
                 f"file:{root / 'items.sqlite'}?mode=ro&immutable=1", uri=True, check_same_thread=False
             )
-            recs = self._con.execute(
+            cursor = self._con.execute(
                 "SELECT row, item_id, category, brand, price, in_stock, popularity FROM items ORDER BY row"
-            ).fetchall()
+            )
+            # streamed into compact columns: no per-row tuples or duplicate strings stay alive
+            self.item_ids: list[str] = []
+            price, stock, pop = array("d"), array("b"), array("f")
+            cat_codes, brand_codes = array("i"), array("i")
+            self._cat_vocab: dict[str, int] = {}
+            self._brand_vocab: dict[str, int] = {}
+            for expected, (row, item_id, category, brand, p, in_stock, popularity) in enumerate(cursor):
+                if row != expected:
+                    raise BundleError(f"{root / 'items.sqlite'}: row numbers are not 0..N-1 (row {row})")
+                self.item_ids.append(item_id)
+                cat_codes.append(-1 if category is None else self._cat_vocab.setdefault(category, len(self._cat_vocab)))
+                brand_codes.append(-1 if brand is None else self._brand_vocab.setdefault(brand, len(self._brand_vocab)))
+                price.append(np.nan if p is None else p)
+                stock.append(1 if in_stock else 0)
+                pop.append(popularity)
         except sqlite3.Error as e:
             raise BundleError(f"{root / 'items.sqlite'}: unreadable item table: {e}") from e
-        if [r[0] for r in recs] != list(range(n)):
-            raise BundleError(f"{root / 'items.sqlite'}: rows do not match the {n} embedding rows")
+        if len(self.item_ids) != n:
+            raise BundleError(f"{root / 'items.sqlite'}: {len(self.item_ids)} items for {n} embedding rows")
         self._db_lock = threading.Lock()
-        self.item_ids = [r[1] for r in recs]
-        self.price = np.asarray([np.nan if r[4] is None else r[4] for r in recs], np.float64)
-        self.in_stock = np.asarray([bool(r[5]) for r in recs], bool)
-        self.popularity = np.asarray([r[6] for r in recs], np.float32)
+        self.price = np.frombuffer(price, np.float64).copy()
+        self.in_stock = np.frombuffer(stock, np.int8).astype(bool)
+        self.popularity = np.frombuffer(pop, np.float32).copy()
+        self._cat_codes = np.frombuffer(cat_codes, np.int32).copy()
+        self._brand_codes = np.frombuffer(brand_codes, np.int32).copy()
         self.index = {item_id: i for i, item_id in enumerate(self.item_ids)}
-        self._cat_codes, self._cat_vocab = _codes([r[2] for r in recs])
-        self._brand_codes, self._brand_vocab = _codes([r[3] for r in recs])
-        del recs
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -162,12 +176,6 @@ class Catalog:
         if where.get("deny_ids") is not None:
             m[[self.index[i] for i in _str_list("deny_ids", where["deny_ids"]) if i in self.index]] = False
         return m
-
-
-def _codes(values: list[str | None]) -> tuple[np.ndarray, dict[str, int]]:
-    vocab: dict[str, int] = {}
-    codes = np.asarray([-1 if v is None else vocab.setdefault(v, len(vocab)) for v in values], np.int32)
-    return codes, vocab
 
 
 def _str_list(key: str, value: Any) -> list[str]:
