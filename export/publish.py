@@ -114,15 +114,23 @@ def publish(
     delta_rel = f"deltas/{prev_version}-{version}"
     ddir = out / delta_rel
     ddir.mkdir(parents=True, exist_ok=True)
-    (ddir / "changes.json").write_text(json.dumps({"from": prev_version, "to": version, "remove": removed,
-                                                   "upsert": [items[j] for j in upserts]}, indent=1))
+    (ddir / "changes.json").write_text(
+        json.dumps(
+            {"from": prev_version, "to": version, "remove": removed, "upsert": [items[j] for j in upserts]}, indent=1
+        )
+    )
     np.save(ddir / "rows.i8.npy", rows[upserts] if upserts else np.zeros((0, dim), np.int8))
     np.save(ddir / "scales.f32.npy", scales[upserts] if upserts else np.zeros(0, np.float32))
 
     now = now or _dt.datetime.now(_dt.timezone.utc)
     deltas = [d for d in (prev_signed or {}).get("deltas", []) if (out / d["files"][0]["path"]).exists()]
-    deltas.append({"from": prev_version, "to": version, "files": [
-        _file_entry(out, f"{delta_rel}/{n}") for n in ("changes.json", "rows.i8.npy", "scales.f32.npy")]})
+    deltas.append(
+        {
+            "from": prev_version,
+            "to": version,
+            "files": [_file_entry(out, f"{delta_rel}/{n}") for n in ("changes.json", "rows.i8.npy", "scales.f32.npy")],
+        }
+    )
     deltas = deltas[-keep_deltas:]
     signed = {
         "format_version": INDEX_FORMAT,
@@ -142,6 +150,12 @@ def publish(
     for old_snap in (out / "snapshots").iterdir():
         if old_snap.name != str(version):
             shutil.rmtree(old_snap, ignore_errors=True)
-    logger.info("published catalog version %d: %d items, %d removed, %d added or changed (%d embedded)",
-                version, len(items), len(removed), len(upserts), len(to_embed))
+    logger.info(
+        "published catalog version %d: %d items, %d removed, %d added or changed (%d embedded)",
+        version,
+        len(items),
+        len(removed),
+        len(upserts),
+        len(to_embed),
+    )
     return signed
