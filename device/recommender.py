@@ -24,7 +24,7 @@ from shelfrank.device.encoder import TextEncoder, make_session
 from shelfrank.device.events import Event, EventStore
 from shelfrank.device.kernel import topk
 from shelfrank.device.text import ACTION_IDS
-from shelfrank.errors import BundleError, InputError, UnknownBoardError
+from shelfrank.errors import BundleError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -277,13 +277,7 @@ class Recommender:
 
 
 def _board_settings(board: str) -> tuple[int, list | None]:
-    from importlib import resources
+    from shelfrank.device.boards import load_board
 
-    try:
-        files = resources.files("shelfrank") / "firmware_configs"
-        names = sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
-    except (FileNotFoundError, ModuleNotFoundError):
-        names = []
-    raise UnknownBoardError(
-        f"unknown board {board!r}; known: {', '.join(names) or 'none yet (board configs come with the flash issue)'}"
-    )
+    cfg = load_board(board)
+    return cfg.threads, cfg.ort_providers()

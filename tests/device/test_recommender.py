@@ -207,8 +207,14 @@ def test_unknown_format_version(bundle_copy, tmp_path):
 
 
 def test_unknown_board_is_named(bundle_and_key, tmp_path):
-    with pytest.raises(ValueError, match="unknown board 'toaster'"):
+    with pytest.raises(ValueError, match=r"unknown board 'toaster'; known: .*rpi5"):
         Recommender.open(bundle_and_key[0], public_key=bundle_and_key[1], board="toaster", state_dir=tmp_path / "s")
+
+
+def test_board_config_sets_threads(bundle_and_key, tmp_path):
+    r = Recommender.open(bundle_and_key[0], public_key=bundle_and_key[1], board="rpi5", state_dir=tmp_path / "s")
+    assert r.threads == 2 and len(r.recommend("u", k=3)) == 3
+    r.close()
 
 
 def test_import_is_lean():

@@ -1,0 +1,86 @@
+"""Every packaged board config against the schema; bad configs name the file and the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from shelfrank.device.boards import ISAS, SCHEMA, BoardConfigError, load_board, packaged_boards
+from shelfrank.errors import UnknownBoardError
+
+BOARDS = ["jetson-agx-orin", "jetson-orin-nano", "rk3588", "rpi4", "rpi5", "x86-64-dev"]
+
+
+def test_the_packaged_boards_are_there():
+    assert packaged_boards() == BOARDS
+
+
+@pytest.mark.parametrize("name", BOARDS)
+def test_packaged_config_is_valid(name):
+    cfg = load_board(name)
+    assert cfg.name == name and cfg.expected_isa in ISAS and cfg.threads >= 1
+    assert cfg.providers[-1] == "CPUExecutionProvider"
+    if name.startswith("jetson"):
+        assert cfg.gpu_providers == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+        assert "fp16" in cfg.notes and cfg.ort_providers() == ["CPUExecutionProvider"]
+
+
+def test_pi4_never_expects_dotprod():
+    assert load_board("rpi4").expected_isa == "neon" and load_board("rpi5").expected_isa == "neon_dot"
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "board.toml"
+    p.write_text(text)
+    return p
+
+
+VALID = "\n".join(
+    [
+        'name = "t"',
+        'description = "d"',
+        'cpu = "c"',
+        'expected_isa = "neon"',
+        "threads = 2",
+        'providers = ["CPUExecutionProvider"]',
+        'precision = "int8"',
+        "max_catalog_items = 10",
+        "memory_budget_mb = 64",
+        'install_prefix = "/opt/x"',
+        'service_user = "u"',
+        'python = "python3"',
+    ]
+)
+
+
+def test_a_valid_file_by_path(tmp_path):
+    assert load_board(_write(tmp_path, VALID)).threads == 2
+
+
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (VALID + '\ncolour = "red"', "unknown key 'colour'"),
+        (VALID.replace("threads = 2", 'threads = "2"'), "key 'threads' must be int"),
+        (VALID.replace("threads = 2", "threads = true"), "key 'threads' must be int"),
+        (VALID.replace("threads = 2", "threads = 0"), "key 'threads' has an invalid value"),
+        (VALID.replace('expected_isa = "neon"', 'expected_isa = "sse9"'), "key 'expected_isa' must be one of"),
+        (VALID.replace('python = "python3"', ""), "missing key 'python'"),
+        (VALID.replace('install_prefix = "/opt/x"', 'install_prefix = "opt"'), "key 'install_prefix'"),
+        (VALID + "\n[provider_options.CUDAExecutionProvider]\ndevice_id = 0", "provider_options for"),
+        ("name = ", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_file_and_key(tmp_path, edit, needle):
+    path = _write(tmp_path, edit)
+    with pytest.raises(BoardConfigError, match=needle) as ei:
+        load_board(path)
+    assert str(path) in str(ei.value) and isinstance(ei.value, ValueError)
+
+
+def test_unknown_board_lists_the_known():
+    with pytest.raises(UnknownBoardError, match="unknown board 'toaster'; known: jetson-agx-orin"):
+        load_board("toaster")
+
+
+def test_schema_documents_every_key():
+    assert all(len(spec) == 4 and spec[3] for spec in SCHEMA.values())
