@@ -107,6 +107,52 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_json_or(args: argparse.Namespace, data: dict) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data))
+    else:
+        for key, value in data.items():
+            print(f"{key:>16}  {value}")
+
+
+def _cmd_flash(args: argparse.Namespace) -> int:
+    from shelfrank.flash import flash
+
+    res = flash(args.bundle, args.to, board=args.board, public_key=args.public_key, python=args.python)
+    print(
+        f"flashed {args.bundle} to {res.target}: {res.slot} is current (previous: {res.previous or 'none'}); "
+        f"{res.sent_files} file(s) sent, {res.skipped_files} already there"
+    )
+    return 0
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    from shelfrank.flash import health
+
+    print(json.dumps(health(args.bundle, public_key=args.public_key, state=args.state, board=args.board)))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from shelfrank.flash import remote_call, status_local
+
+    if args.prefix.startswith("ssh://"):
+        _print_json_or(args, remote_call(args.prefix, "status", args.python))
+    else:
+        _print_json_or(args, status_local(args.prefix))
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from shelfrank.flash import remote_call, rollback_local
+
+    if args.prefix.startswith("ssh://"):
+        _print_json_or(args, remote_call(args.prefix, "rollback", args.python))
+    else:
+        _print_json_or(args, rollback_local(args.prefix))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shelfrank", description="On-device e-commerce recommendation.")
     p.add_argument("--version", action="version", version=f"shelfrank {__version__}")
@@ -146,6 +192,31 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--public-key", help="trusted publisher key (default: state/trusted.pub, else unpinned)")
     sy.add_argument("--state", help="state folder (default: PREFIX/state for a flashed layout)")
     sy.set_defaults(func=_cmd_sync)
+
+    fl = sub.add_parser("flash", help="flash a bundle to a board (A/B slots, verify, health check, switch)")
+    fl.add_argument("bundle")
+    fl.add_argument("--board", required=True, help="board config name (firmware_configs) or a .toml path")
+    fl.add_argument("--to", required=True, help="DIR or ssh://user@host[:port]/path")
+    fl.add_argument("--public-key", help="publisher key to trust and pin (default: the bundle's, first flash only)")
+    fl.add_argument("--python", help="the target's python (default: the board config's; this one for a DIR)")
+    fl.set_defaults(func=_cmd_flash)
+
+    he = sub.add_parser("health", help="(on the target) verify a bundle, open it, answer one query")
+    he.add_argument("bundle")
+    he.add_argument("--public-key", required=True)
+    he.add_argument("--state", required=True)
+    he.add_argument("--board")
+    he.set_defaults(func=_cmd_health)
+
+    for name, fn, text in (
+        ("status", _cmd_status, "active slot, versions, key id, last sync and flash"),
+        ("rollback", _cmd_rollback, "switch current back to the other slot"),
+    ):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("prefix", help="DIR or ssh://user@host[:port]/path")
+        sp.add_argument("--python", help="the target's python (ssh targets; default python3)")
+        sp.add_argument("--json", action="store_true")
+        sp.set_defaults(func=fn)
 
     bench = sub.add_parser("bench", help="benchmarks: 'kernel' (top-k kernel only) or a bundle path")
     bench.add_argument("target", help="'kernel', or a bundle path")

@@ -120,3 +120,44 @@ def build_tiny_tower(path: str | Path, dim: int, max_events: int, *, decay: floa
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return Path(path)
+
+
+def build_device_bundle(
+    root: Path, *, n_items: int = 300, seed: int = 5, dim: int = 16, max_events: int = 6
+) -> tuple[Path, Path]:
+    """A small signed bundle of the demo shop with the tiny ONNX encoder and tower (no torch).
+
+    Returns (bundle folder, publisher public key); the private key is ``root/keys/publisher.key``.
+    """
+    from shelfrank.device import bundle as bfmt
+    from shelfrank.device.encoder import TextEncoder
+    from shelfrank.device.kernel import quantize_rows
+    from shelfrank.device.text import item_text
+    from shelfrank.export.bundle_writer import write_bundle
+    from shelfrank.export.demo_shop import make_demo_shop
+    from shelfrank.export.evaluate import popularity_scores
+
+    ds = make_demo_shop(n_items=n_items, n_users=60, seed=seed)
+    texts = [item_text(ds.catalog.record(i)) for i in range(len(ds.catalog))]
+    work = root / "work"
+    vocab = build_wordpiece(texts, work)
+    build_tiny_encoder(work / "encoder.onnx", len(vocab), dim, seed=seed)
+    build_tiny_tower(work / "tower.onnx", dim, max_events)
+    rows = TextEncoder(work / "encoder.onnx", work / "tokenizer.json", max_len=32).encode(texts)
+    rows8, scales = quantize_rows(rows)
+    key, pub = bfmt.generate_keypair(root / "keys" / "publisher.key")
+    write_bundle(
+        root / "bundle",
+        ds,
+        encoder=work / "encoder.onnx",
+        tokenizer=work / "tokenizer.json",
+        tower=work / "tower.onnx",
+        rows8=rows8,
+        scales=scales,
+        popularity=popularity_scores(ds, len(texts)),
+        key=bfmt.load_private_key(key),
+        max_len=32,
+        max_events=max_events,
+        model={"layers": 0, "precision": "fp32"},
+    )
+    return root / "bundle", pub

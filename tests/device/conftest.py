@@ -15,44 +15,7 @@ from shelfrank.device import Recommender
 from shelfrank.device import bundle as bfmt
 from shelfrank.export.data import Catalog
 from shelfrank.export.publish import publish
-
-DIM = 16
-MAX_EVENTS = 6
-
-
-def build_device_bundle(root: Path, *, n_items: int = 300, seed: int = 5) -> tuple[Path, Path]:
-    from shelfrank.device.encoder import TextEncoder
-    from shelfrank.device.kernel import quantize_rows
-    from shelfrank.device.text import item_text
-    from shelfrank.export.bundle_writer import write_bundle
-    from shelfrank.export.demo_shop import make_demo_shop
-    from shelfrank.export.evaluate import popularity_scores
-    from shelfrank.testing import build_tiny_encoder, build_tiny_tower, build_wordpiece
-
-    ds = make_demo_shop(n_items=n_items, n_users=60, seed=seed)
-    texts = [item_text(ds.catalog.record(i)) for i in range(len(ds.catalog))]
-    work = root / "work"
-    vocab = build_wordpiece(texts, work)
-    build_tiny_encoder(work / "encoder.onnx", len(vocab), DIM, seed=seed)
-    build_tiny_tower(work / "tower.onnx", DIM, MAX_EVENTS)
-    rows = TextEncoder(work / "encoder.onnx", work / "tokenizer.json", max_len=32).encode(texts)
-    rows8, scales = quantize_rows(rows)
-    key, pub = bfmt.generate_keypair(root / "keys" / "publisher.key")
-    write_bundle(
-        root / "bundle",
-        ds,
-        encoder=work / "encoder.onnx",
-        tokenizer=work / "tokenizer.json",
-        tower=work / "tower.onnx",
-        rows8=rows8,
-        scales=scales,
-        popularity=popularity_scores(ds, len(texts)),
-        key=bfmt.load_private_key(key),
-        max_len=32,
-        max_events=MAX_EVENTS,
-        model={"layers": 0, "precision": "fp32"},
-    )
-    return root / "bundle", pub
+from shelfrank.testing import build_device_bundle
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,355 @@
+"""``shelfrank flash``: put a bundle on a board with A/B slots, verify it there, switch atomically.
+
+Targets: a local directory, or ``ssh://user@host[:port]/path``. Over ssh the copy is a streamed
+``tar`` (no rsync needed) that resumes at file granularity: files already on the target with the
+right sha256 are not sent again, so a flash interrupted by a dropped connection continues where
+it stopped. The target needs a POSIX shell, ``tar``, ``sha256sum``, ``df`` and a python with
+shelfrank installed (board config ``python``, or ``--python``); for a directory target the
+default python is this one.
+
+Layout on the target (DESIGN.md): ``PREFIX/slot_a``, ``PREFIX/slot_b``, ``PREFIX/current`` (a
+symlink to the active slot, replaced by rename), ``PREFIX/state/`` (``trusted.pub``,
+``flash.log``, events, synced catalogs). Order of work: check everything that can be checked
+before anything on the target changes (bundle signature and hashes here, board config, target
+reachable, python with shelfrank, free space, key pinning); copy into ``<slot>.partial``; verify
+every hash and run the health check (open + one query) there with the target's python; then
+rename the slot into place, pin the key, switch ``current``. Any failure before the switch
+leaves the previous slot current and serving.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+from shelfrank.device import bundle as bfmt
+from shelfrank.errors import ShelfrankError
+
+
+class FlashError(ShelfrankError):
+    """Flashing failed; the message says at which step. The previous slot stays current."""
+
+
+SLOTS = ("slot_a", "slot_b")
+
+
+class Target:
+    prefix: str
+    description: str
+
+    def sh(self, script: str, *, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        raise NotImplementedError
+
+    def send(self, local_root: Path, files: list[str], remote_dir: str) -> None:
+        raise NotImplementedError
+
+    def _check(self, res: subprocess.CompletedProcess, what: str) -> subprocess.CompletedProcess:
+        if res.returncode != 0:
+            raise FlashError(f"{self.description}: {what} failed (exit {res.returncode}): {res.stderr.strip()[-800:]}")
+        return res
+
+
+class DirTarget(Target):
+    def __init__(self, prefix: str) -> None:
+        self.prefix = str(Path(prefix).resolve())
+        self.description = f"directory {self.prefix}"
+
+    def sh(self, script: str, *, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        res = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=timeout)
+        return self._check(res, "command") if check else res
+
+    def send(self, local_root: Path, files: list[str], remote_dir: str) -> None:
+        for rel in files:
+            dst = Path(remote_dir) / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                shutil.copyfile(local_root / rel, dst)
+            except OSError as e:
+                raise FlashError(f"{self.description}: writing {dst} failed: {e}") from e
+
+
+class SshTarget(Target):
+    def __init__(self, url: str) -> None:
+        u = urlparse(url)
+        if u.scheme != "ssh" or not u.hostname or not u.path:
+            raise FlashError(f"{url}: expected ssh://user@host[:port]/path")
+        self.user, self.host, self.port, self.prefix = u.username, u.hostname, u.port, u.path
+        self.description = f"ssh target {url}"
+        self.base = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+        if os.environ.get("SHELFRANK_SSH_CONFIG"):
+            self.base += ["-F", os.environ["SHELFRANK_SSH_CONFIG"]]
+        if self.port:
+            self.base += ["-p", str(self.port)]
+        self.base.append(f"{self.user}@{self.host}" if self.user else self.host)
+
+    def sh(self, script: str, *, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        try:
+            res = subprocess.run(
+                [*self.base, "sh -c " + shlex.quote(script)], capture_output=True, text=True, timeout=timeout
+            )
+        except subprocess.TimeoutExpired as e:
+            raise FlashError(f"{self.description}: timed out after {timeout:.0f} s") from e
+        if res.returncode == 255:
+            raise FlashError(f"{self.description}: unreachable (ssh: {res.stderr.strip()[-400:]})")
+        return self._check(res, "command") if check else res
+
+    def send(self, local_root: Path, files: list[str], remote_dir: str) -> None:
+        if not files:
+            return
+        tar = subprocess.Popen(["tar", "-C", str(local_root), "-cf", "-", *files], stdout=subprocess.PIPE)
+        try:
+            res = subprocess.run(
+                [*self.base, f"mkdir -p {shlex.quote(remote_dir)} && tar -C {shlex.quote(remote_dir)} -xf -"],
+                stdin=tar.stdout,
+                capture_output=True,
+                text=True,
+                timeout=3600,
+            )
+        finally:
+            if tar.stdout:
+                tar.stdout.close()
+            tar.wait()
+        if res.returncode != 0:
+            raise FlashError(
+                f"{self.description}: copy interrupted (exit {res.returncode}): "
+                f"{res.stderr.strip()[-400:]}; run flash again to resume"
+            )
+
+
+def make_target(spec: str) -> Target:
+    return SshTarget(spec) if spec.startswith("ssh://") else DirTarget(spec)
+
+
+@dataclass
+class FlashResult:
+    target: str
+    slot: str
+    previous: str | None
+    key_id: str
+    sent_files: int
+    skipped_files: int
+
+
+def _q(s: str) -> str:
+    return shlex.quote(s)
+
+
+def flash(
+    bundle: str | Path,
+    to: str,
+    *,
+    board: str,
+    public_key: str | Path | None = None,
+    python: str | None = None,
+    log: Callable[[str], None] = print,
+) -> FlashResult:
+    """Flash ``bundle`` to ``to`` (see the module docstring).
+
+    Raises:
+        FlashError: a check or step failed (the message names it); the previous slot stays current.
+        BundleError, SignatureError, UnknownBoardError, BoardConfigError: before anything on the target.
+    """
+    from shelfrank.device.boards import load_board
+
+    bundle = Path(bundle)
+    cfg = load_board(board)
+    key = bfmt.load_public_key(public_key if public_key is not None else bundle / bfmt.PUBLIC_KEY)
+    manifest = bfmt.verify_bundle(bundle, public_key=key)
+    kid = bfmt.key_id(key)
+    files = [*sorted(manifest["files"]), bfmt.MANIFEST, bfmt.SIGNATURE]
+    size = sum((bundle / f).stat().st_size for f in files)
+    log(f"bundle {bundle}: verified ({len(files)} files, {size / 1e6:.1f} MB, key {kid[:16]}…), board {cfg.name}")
+
+    t = make_target(to)
+    py = python or (cfg.python if isinstance(t, SshTarget) else sys.executable)
+    p = t.prefix
+    probe = t.sh(
+        f"mkdir -p {_q(p)} 2>/dev/null; cd {_q(p)} 2>/dev/null || {{ echo NODIR; exit 0; }}; "
+        f"echo CUR=$(readlink current 2>/dev/null); "
+        f"echo FREE=$(df -Pk . | awk 'NR==2 {{print $4}}'); "
+        f"echo PIN=$(base64 -w0 state/trusted.pub 2>/dev/null); "
+        f"{_q(py)} -c 'import shelfrank.device' >/dev/null 2>&1 && echo PY=ok || echo PY=missing"
+    ).stdout
+    if "NODIR" in probe:
+        raise FlashError(f"{t.description}: cannot create or enter {p}")
+    info = dict(line.split("=", 1) for line in probe.splitlines() if "=" in line)
+    if info.get("PY") != "ok":
+        raise FlashError(
+            f"{t.description}: {py} cannot import shelfrank.device; install shelfrank on the target "
+            "(pip install shelfrank) or pass --python"
+        )
+    free = int(info.get("FREE") or 0) * 1024
+    if free < size * 1.2:
+        raise FlashError(f"{t.description}: {free / 1e6:.0f} MB free in {p}, need {size * 1.2 / 1e6:.0f} MB")
+    pinned = info.get("PIN", "")
+    if pinned and public_key is None:
+        pinned_id = bfmt.key_id(bfmt.load_public_key(base64.b64decode(pinned)))
+        if pinned_id != kid:
+            raise FlashError(
+                f"{t.description}: the bundle is signed by key {kid[:16]}…, but the target trusts "
+                f"{pinned_id[:16]}…; pass --public-key to re-pin deliberately"
+            )
+    current = info.get("CUR") or None
+    slot = SLOTS[1] if current == SLOTS[0] else SLOTS[0]
+    partial = f"{p}/{slot}.partial"
+    log(f"target {t.description}: current {current or '(none)'}, writing {slot}")
+
+    # resume: files already there with the right hash are not sent again
+    have = t.sh(f"cd {_q(partial)} 2>/dev/null && sha256sum -- * catalog/* 2>/dev/null; true").stdout
+    present = {line.split(None, 1)[1].strip(): line.split()[0] for line in have.splitlines() if "  " in line}
+    want = dict(manifest["files"])
+    want[bfmt.MANIFEST] = bfmt.sha256_file(bundle / bfmt.MANIFEST)
+    want[bfmt.SIGNATURE] = bfmt.sha256_file(bundle / bfmt.SIGNATURE)
+    todo = [f for f in files if present.get(f) != want[f]]
+    t.sh(f"mkdir -p {_q(p)}/state {_q(partial)}")
+    log(f"copying {len(todo)} file(s) ({len(files) - len(todo)} already there)")
+    t.send(bundle, todo, partial)
+
+    pub_pem = bfmt.public_pem(key).decode()
+    health = t.sh(
+        f"printf '%s' {_q(pub_pem)} > {_q(partial)}.pub && "
+        f"{_q(py)} -m shelfrank.cli health {_q(partial)} --public-key {_q(partial)}.pub --state {_q(p)}/state "
+        f"--board {_q(cfg.name)}",
+        check=False,
+    )
+    if health.returncode != 0:
+        t.sh(f"rm -rf {_q(partial)} {_q(partial)}.pub", check=False)
+        raise FlashError(
+            f"{t.description}: health check of {slot} failed, {current or 'nothing'} stays current: "
+            f"{(health.stderr or health.stdout).strip()[-800:]}"
+        )
+    log(f"health check on the target: {health.stdout.strip().splitlines()[-1]}")
+
+    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    entry = json.dumps(
+        {
+            "at": stamp,
+            "slot": slot,
+            "previous": current,
+            "key_id": kid,
+            "bundle": str(bundle),
+            "created_at": manifest.get("created_at"),
+            "board": cfg.name,
+        }
+    )
+    t.sh(
+        f"cd {_q(p)} && rm -rf {slot}.old && {{ [ ! -e {slot} ] || mv {slot} {slot}.old; }} && "
+        f"mv {slot}.partial {slot} && mv {slot}.partial.pub state/trusted.pub.new && "
+        f"mv state/trusted.pub.new state/trusted.pub && ln -sfn {slot} current.new && mv -T current.new current && "
+        f"rm -rf {slot}.old && printf '%s\\n' {_q(entry)} >> state/flash.log"
+    )
+    log(f"switched {p}/current → {slot} (previous: {current or 'none'})")
+    return FlashResult(t.description, slot, current, kid, len(todo), len(files) - len(todo))
+
+
+def health(bundle: str | Path, *, public_key: str | Path, state: str | Path, board: str | None) -> dict:
+    """Open the bundle as the device would and answer one query; returns what it saw."""
+    import time
+
+    from shelfrank.device import Recommender
+
+    t0 = time.perf_counter()
+    rec = Recommender.open(bundle, public_key=public_key, state_dir=state, board=board)
+    try:
+        got = rec.recommend("__health_check__", k=3)
+        if not got:
+            raise FlashError(f"{bundle}: health check query returned nothing")
+        return {
+            "ok": True,
+            "items": len(rec.catalog),
+            "catalog_version": rec.catalog.version,
+            "open_and_query_ms": round((time.perf_counter() - t0) * 1e3, 1),
+        }
+    finally:
+        rec.close()
+
+
+def status_local(prefix: str | Path) -> dict:
+    prefix = Path(prefix)
+    out: dict = {"prefix": str(prefix)}
+    try:
+        out["current"] = os.readlink(prefix / "current")
+    except OSError:
+        out["current"] = None
+    for slot in SLOTS:
+        try:
+            m, _ = bfmt.read_manifest(prefix / slot)
+            out[slot] = {
+                "created_at": m.get("created_at"),
+                "dataset": m.get("dataset"),
+                "catalog_version": m["catalog"]["version"],
+                "key_id": m.get("publisher_key_id"),
+            }
+        except bfmt.BundleError:
+            out[slot] = None
+    try:
+        out["trusted_key_id"] = bfmt.key_id(bfmt.load_public_key(prefix / "state" / "trusted.pub"))
+    except bfmt.SignatureError:
+        out["trusted_key_id"] = None
+    synced = prefix / "state" / "catalog" / "current"
+    try:
+        meta = json.loads((synced / "meta.json").read_text())
+        out["synced_catalog"] = {
+            "version": meta["version"],
+            "source": meta.get("source"),
+            "at": _dt.datetime.fromtimestamp((synced / "meta.json").stat().st_mtime, _dt.timezone.utc).isoformat(
+                timespec="seconds"
+            ),
+        }
+    except (OSError, ValueError, KeyError):
+        out["synced_catalog"] = None
+    try:
+        out["last_flash"] = json.loads((prefix / "state" / "flash.log").read_text().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        out["last_flash"] = None
+    return out
+
+
+def rollback_local(prefix: str | Path) -> dict:
+    """Point ``current`` at the other slot, after a health check of it."""
+    prefix = Path(prefix)
+    try:
+        cur = os.readlink(prefix / "current")
+    except OSError as e:
+        raise FlashError(f"{prefix}: nothing flashed (no current)") from e
+    other = SLOTS[1] if cur == SLOTS[0] else SLOTS[0]
+    if not (prefix / other).is_dir():
+        raise FlashError(f"{prefix}: no other slot to roll back to ({other} is empty)")
+    res = health(prefix / other, public_key=prefix / "state" / "trusted.pub", state=prefix / "state", board=None)
+    tmp = prefix / "current.new"
+    if tmp.is_symlink():
+        tmp.unlink()
+    os.symlink(other, tmp)
+    os.replace(tmp, prefix / "current")
+    with open(prefix / "state" / "flash.log", "a") as f:
+        f.write(
+            json.dumps(
+                {
+                    "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "rollback_to": other,
+                    "from": cur,
+                }
+            )
+            + "\n"
+        )
+    return {"current": other, "previous": cur, **res}
+
+
+def remote_call(to: str, command: str, python: str | None) -> dict:
+    """Run ``shelfrank <command> PREFIX --local --json`` on a target and return its JSON."""
+    t = make_target(to)
+    py = python or (sys.executable if isinstance(t, DirTarget) else "python3")
+    res = t.sh(f"{_q(py)} -m shelfrank.cli {command} {_q(t.prefix)} --json", check=False)
+    if res.returncode != 0:
+        raise FlashError(f"{t.description}: {command} failed: {(res.stderr or res.stdout).strip()[-800:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
