@@ -154,7 +154,9 @@ def _naive(baselines: Path | None, history_texts: list[str], rows_f32: np.ndarra
     return _time(run, runs)
 
 
-def _one_size(rec, base: CatalogData, n: int, runs: int, tmp: Path, rng, baselines: Path | None) -> tuple[dict, Path]:
+def _one_size(
+    rec, base: CatalogData, n: int, runs: int, tmp: Path, rng, baselines: Path | None, threads: int
+) -> tuple[dict, Path]:
     from shelfrank.device.kernel import topk
     from shelfrank.device.text import ACTIONS, history_text
 
@@ -177,6 +179,10 @@ def _one_size(rec, base: CatalogData, n: int, runs: int, tmp: Path, rng, baselin
 
     stages["user tower (incl. history read)"] = _time(tower, runs)
     stages["int8 top-k"] = _time(lambda: topk(u, cat.rows, 10, scales=cat.scales), runs)
+    for t in sorted({2, threads} - {1}):
+        stages[f"int8 top-k, {t} threads"] = _time(
+            lambda t=t: topk(u, cat.rows, 10, scales=cat.scales, threads=t), runs
+        )
 
     def e2e():
         rec._cache.clear()
@@ -218,6 +224,7 @@ def run_bench(
     sizes: list[int],
     runs: int,
     baselines: Path | None,
+    board: str | None = None,
     probe_queries: int = 200,
 ) -> dict[str, Any]:
     from shelfrank.device import Recommender
@@ -225,6 +232,20 @@ def run_bench(
     from shelfrank.sysinfo import system_info
 
     report: dict[str, Any] = {"system": system_info(), "bundle": str(bundle), "runs": runs, "threads": 1, "sizes": {}}
+    threads = 1
+    if board:
+        from shelfrank.device.boards import load_board
+
+        cfg = load_board(board)
+        threads = cfg.threads
+        report["board"] = {"name": cfg.name, "cpu": cfg.cpu, "expected_isa": cfg.expected_isa, "threads": cfg.threads}
+        isa = report["system"]["active_isa"]
+        same_arch = (cfg.expected_isa in ("neon", "neon_dot")) == (isa in ("neon", "neon_dot"))
+        report["board"]["this_machine"] = (
+            "matches"
+            if same_arch and (isa == cfg.expected_isa or cfg.name == "x86-64-dev")
+            else f"NOT this board: this machine is {report['system']['cpu']} ({isa}); figures are for this machine"
+        )
     base = read_catalog_dir(bundle / "catalog")
     with tempfile.TemporaryDirectory(prefix="shelfrank-bench-") as tmpd:
         tmp = Path(tmpd)
@@ -232,7 +253,7 @@ def run_bench(
         rec = Recommender.open(bundle, public_key=public_key, state_dir=tmp / "state")
         rng = np.random.default_rng(0)
         for n in sizes:
-            entry, cat_dir = _one_size(rec, base, n, runs, tmp, rng, baselines)
+            entry, cat_dir = _one_size(rec, base, n, runs, tmp, rng, baselines, threads)
             report["sizes"][n] = entry
             if n == max(sizes):
                 report["process_at_max_size"] = _probe(bundle, public_key, cat_dir, probe_queries, tmp)
@@ -252,6 +273,13 @@ def render(report: dict[str, Any]) -> str:
         f"{report['runs']} runs after warm-up.",
         "",
     ]
+    if "board" in report:
+        b = report["board"]
+        lines += [
+            f"Board config {b['name']} ({b['cpu']}, expects {b['expected_isa']}, {b['threads']} threads): "
+            f"{b['this_machine']}.",
+            "",
+        ]
     o = report["bundle_open"]
     lines.append(
         f"Fresh process: `import shelfrank.device` {o['import_s'] * 1e3:.0f} ms, `Recommender.open` "
@@ -283,6 +311,40 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(report: dict[str, Any], out: str) -> str:
+    """PNG of p50 latency against catalog size, one line per stage; returns what it did."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "plot not written: matplotlib is not installed (pip install matplotlib)"
+    sizes = sorted(report["sizes"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    stages = [k for group in ("recommend", "search") for k in report["sizes"][sizes[0]][group]]
+    for stage in stages:
+        ys = [
+            next(e[g][stage]["p50_ms"] for g in ("recommend", "search") if stage in e[g])
+            for e in (report["sizes"][n] for n in sizes)
+        ]
+        ax.plot(sizes, ys, marker="o", label=stage)
+    nv = [report["sizes"][n]["naive"] for n in sizes]
+    if all(isinstance(v, dict) for v in nv):
+        ax.plot(sizes, [v["p50_ms"] for v in nv], marker="x", linestyle="--", color="black", label="naive pipeline")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("catalog items")
+    ax.set_ylabel("p50 latency (ms, 1 thread unless stated)")
+    ax.set_title(f"shelfrank on {report['system']['cpu']} ({report['isa']})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return f"wrote {out}"
+
+
 def main(args: argparse.Namespace) -> int:
     sizes = [int(x) for x in (args.sizes or ("10000,100000" if args.quick else "10000,100000,1000000")).split(",")]
     runs = args.repeats or (50 if args.quick else 200)
@@ -290,7 +352,7 @@ def main(args: argparse.Namespace) -> int:
     if baselines is None and Path(str(Path(args.target)) + ".baselines").is_dir():
         baselines = Path(str(Path(args.target)) + ".baselines")
     report = run_bench(
-        Path(args.target), public_key=getattr(args, "public_key", None), sizes=sizes, runs=runs, baselines=baselines
+        Path(args.target), public_key=args.public_key, sizes=sizes, runs=runs, baselines=baselines, board=args.board
     )
     md = render(report)
     print(md)
@@ -298,4 +360,6 @@ def main(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))
     if args.md:
         Path(args.md).write_text(md)
+    if args.plot:
+        print(plot(report, args.plot))
     return 0

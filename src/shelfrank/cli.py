@@ -225,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="smaller sweep for a fast look")
     bench.add_argument("--baselines", metavar="DIR", help="the export's BUNDLE.baselines folder (naive pipeline)")
     bench.add_argument("--public-key", help="trusted publisher key for the bundle (default: unpinned)")
+    bench.add_argument("--board", help="board config the report compares this machine against")
+    bench.add_argument("--plot", metavar="OUT.png", help="latency against catalog size per stage (matplotlib)")
     bench.add_argument("--sizes", help="comma-separated catalog sizes (default 10000,100000,1000000)")
     bench.add_argument("--threads", help="comma-separated thread counts (default 1,2)")
     bench.add_argument("--repeats", type=int, default=None, help="timed repetitions per cell")
