@@ -17,8 +17,9 @@ for arg in "$@"; do
   esac
 done
 
-# Debian packages the test suite needs: aarch64 cross compiler and user-mode qemu (emulated ARM).
-SYSTEM_PACKAGES=(g++-aarch64-linux-gnu qemu-user-static binutils-aarch64-linux-gnu)
+# Debian packages the test suite needs: aarch64 cross compiler and user-mode qemu (emulated ARM),
+# OpenSSH server and client (flash tests against a real sshd on 127.0.0.1).
+SYSTEM_PACKAGES=(g++-aarch64-linux-gnu qemu-user-static binutils-aarch64-linux-gnu openssh-server openssh-client)
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
