@@ -38,7 +38,8 @@ def _stats(ts: list[float]) -> dict[str, float]:
     }
 
 
-def _time(fn, runs: int, warmup: int = 5) -> dict[str, float]:
+def time_calls(fn, runs: int, warmup: int = 5) -> dict[str, float]:
+    """p50/p95/p99 in ms of ``runs`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     ts = []
@@ -151,7 +152,7 @@ def _naive(baselines: Path | None, history_texts: list[str], rows_f32: np.ndarra
         top = np.argpartition(-s, 10)[:10]
         return top[np.argsort(-s[top])]
 
-    return _time(run, runs)
+    return time_calls(run, runs)
 
 
 def _one_size(
@@ -171,16 +172,16 @@ def _one_size(
         rec.record(user, cat.item_ids[int(i)], ACTIONS[j % 4])
     u = rec.user_vector(user)
     stages: dict[str, Any] = {}
-    stages["history read"] = _time(lambda: rec.events.history(user, limit=rec.max_events * 4), runs)
+    stages["history read"] = time_calls(lambda: rec.events.history(user, limit=rec.max_events * 4), runs)
 
     def tower():
         rec._cache.clear()
         rec.user_vector(user)
 
-    stages["user tower (incl. history read)"] = _time(tower, runs)
-    stages["int8 top-k"] = _time(lambda: topk(u, cat.rows, 10, scales=cat.scales), runs)
+    stages["user tower (incl. history read)"] = time_calls(tower, runs)
+    stages["int8 top-k"] = time_calls(lambda: topk(u, cat.rows, 10, scales=cat.scales), runs)
     for t in sorted({2, threads} - {1}):
-        stages[f"int8 top-k, {t} threads"] = _time(
+        stages[f"int8 top-k, {t} threads"] = time_calls(
             lambda t=t: topk(u, cat.rows, 10, scales=cat.scales, threads=t), runs
         )
 
@@ -188,7 +189,7 @@ def _one_size(
         rec._cache.clear()
         rec.recommend(user, k=10)
 
-    stages["recommend end to end"] = _time(e2e, runs)
+    stages["recommend end to end"] = time_calls(e2e, runs)
     rest = (
         stages["recommend end to end"]["p50_ms"]
         - stages["user tower (incl. history read)"]["p50_ms"]
@@ -198,9 +199,9 @@ def _one_size(
     enc = rec.encoder
     feeds = enc.tokenize([text])
     search = {
-        "tokenize": _time(lambda: enc.tokenize([text]), runs),
-        "encode (int8 ONNX)": _time(lambda: enc.run(feeds), runs),
-        "search end to end": _time(lambda: rec.search(text, k=10), runs),
+        "tokenize": time_calls(lambda: enc.tokenize([text]), runs),
+        "encode (int8 ONNX)": time_calls(lambda: enc.run(feeds), runs),
+        "search end to end": time_calls(lambda: rec.search(text, k=10), runs),
     }
     hist = [(e.action, cat.item(cat.index[e.item_id]).title) for e in reversed(rec.history(user))]
     rows_f32 = cat.rows.astype(np.float32) * cat.scales[:, None]

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from shelfrank.device import bundle as bfmt
+from shelfrank.device.bench_pipeline import time_calls
 from shelfrank.device.text import history_text, item_text
 from shelfrank.export.bundle_writer import replace_dir, write_bundle
 from shelfrank.export.data import Dataset, Split, leave_one_out
@@ -126,15 +127,15 @@ def _history_texts(ds: Dataset, histories: list, max_events: int) -> list[str]:
     return [history_text([(ACTIONS[a], ds.catalog.titles[i]) for i, a in h[-max_events:][::-1]]) for h in histories]
 
 
-def _latency(fn, runs: int, warmup: int = 3) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    return {"p50_ms": float(np.median(ts)), "p95_ms": float(np.percentile(ts, 95))}
+def _checkpointed(st: _Stages, name: str, module, train) -> None:
+    """Load ``module`` from the work folder's checkpoint ``name`` on --resume, else train and save it."""
+    import torch
+
+    if st.have(name):
+        module.load_state_dict(torch.load(st.work / name))
+    else:
+        train()
+        torch.save(module.state_dict(), st.work / name)
 
 
 def run_export(
@@ -237,18 +238,19 @@ def run_export(
 
         pairs = transition_pairs(split.train)
         t0 = st.start("fine-tune teacher")
-        if st.have("teacher.pt"):
-            teacher_enc.load_state_dict(torch.load(work / "teacher.pt"))
-        else:
-            train_encoder(
+        _checkpointed(
+            st,
+            "teacher.pt",
+            teacher_enc,
+            lambda: train_encoder(
                 teacher_enc,
                 tokens,
                 texts,
                 pairs,
                 EncoderTrainConfig(steps=p.teacher_steps, batch=p.batch, lr=p.lr, max_len=p.max_len, seed=p.seed),
                 desc="fine-tune teacher",
-            )
-            torch.save(teacher_enc.state_dict(), work / "teacher.pt")
+            ),
+        )
         teacher_emb = embed(teacher_enc, tokens, texts, desc="teacher catalog")
         st.done("fine-tune teacher", t0)
 
@@ -269,10 +271,11 @@ def run_export(
 
         t0 = st.start("distil student")
         student = make_student(teacher_enc, p.student_layers)
-        if st.have("student.pt"):
-            student.load_state_dict(torch.load(work / "student.pt"))
-        else:
-            train_encoder(
+        _checkpointed(
+            st,
+            "student.pt",
+            student,
+            lambda: train_encoder(
                 student,
                 tokens,
                 texts,
@@ -282,8 +285,8 @@ def run_export(
                 ),
                 teacher_emb=teacher_emb,
                 desc="distil student",
-            )
-            torch.save(student.state_dict(), work / "student.pt")
+            ),
+        )
         st.done("distil student", t0)
 
         t0 = st.start("onnx + int8")
@@ -334,7 +337,7 @@ def run_export(
         st.done("tower on student rows", t0)
 
         t0 = st.start("latency")
-        quality["encoders"] = _encoder_latency(
+        quality["encoders"] = _encodertime_calls(
             ds, split, teacher_enc, tok_path, work, p, hist_tokens, tokens, bundle_rows, rows8, scales
         )
         st.done("latency", t0)
@@ -418,7 +421,7 @@ def _eval_bundle_path(
     return ev.evaluate(score, cases, n)
 
 
-def _encoder_latency(ds, split, teacher_enc, tok_path, work, p, hist_tokens, tokens, rows, rows8, scales) -> dict:
+def _encodertime_calls(ds, split, teacher_enc, tok_path, work, p, hist_tokens, tokens, rows, rows8, scales) -> dict:
     """1 thread, batch 1: teacher torch fp32 on history text vs the device's encoders and tower."""
     import torch
 
@@ -449,8 +452,8 @@ def _encoder_latency(ds, split, teacher_enc, tok_path, work, p, hist_tokens, tok
             with torch.inference_mode():
                 teacher_enc(*fixed)
 
-        out["teacher torch fp32, history text (real, ≤128 tokens)"] = _latency(teacher_hist, p.latency_runs)
-        out["teacher torch fp32, 128 tokens"] = _latency(teacher_fixed, p.latency_runs)
+        out["teacher torch fp32, history text (real, ≤128 tokens)"] = time_calls(teacher_hist, p.latency_runs)
+        out["teacher torch fp32, 128 tokens"] = time_calls(teacher_fixed, p.latency_runs)
         for name, f in (
             ("student int8 ONNX", "encoder.onnx"),
             ("student fp32 ONNX", "student_fp32.onnx"),
@@ -459,8 +462,8 @@ def _encoder_latency(ds, split, teacher_enc, tok_path, work, p, hist_tokens, tok
             enc = TextEncoder(work / f, tok_path, max_len=128)
             short = TextEncoder(work / f, tok_path, max_len=p.max_len)
             k = iter(range(10**9))
-            out[f"{name}, 128 tokens"] = _latency(lambda e=enc: e.run(feeds128), p.latency_runs)
-            out[f"{name}, item/search text (≤{p.max_len} tokens)"] = _latency(
+            out[f"{name}, 128 tokens"] = time_calls(lambda e=enc: e.run(feeds128), p.latency_runs)
+            out[f"{name}, item/search text (≤{p.max_len} tokens)"] = time_calls(
                 lambda e=short, k=k: e.encode([item_texts[next(k) % len(item_texts)]]), p.latency_runs
             )
             out[f"{name}, 128 tokens"]["file_mb"] = round((work / f).stat().st_size / 1e6, 2)
@@ -473,7 +476,7 @@ def _encoder_latency(ds, split, teacher_enc, tok_path, work, p, hist_tokens, tok
             (u,) = sess.run(["user"], {"item_vecs": rows[r[j : j + 1]], "actions": a[j : j + 1], "mask": m[j : j + 1]})
             topk(u[0], rows8, 10, scales=scales)
 
-        out["recommend path: user tower ONNX + int8 top-k"] = _latency(recommend, p.latency_runs)
+        out["recommend path: user tower ONNX + int8 top-k"] = time_calls(recommend, p.latency_runs)
         out["recommend path: user tower ONNX + int8 top-k"]["file_mb"] = round(
             (work / "user_tower.onnx").stat().st_size / 1e6, 3
         )

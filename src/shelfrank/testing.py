@@ -45,10 +45,23 @@ def _normalize_nodes(helper, src: str, dst: str, axis: int) -> list:
     ]
 
 
+def _save(path: str | Path, name: str, nodes: list, inputs: list, output, weights: dict[str, np.ndarray]) -> Path:
+    """Check and write an opset-17 model; ``ax1``/``ax2`` (axis constants) are always provided."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits = [numpy_helper.from_array(v, k) for k, v in weights.items()]
+    inits += [numpy_helper.from_array(np.array([a], np.int64), f"ax{a}") for a in (1, 2)]
+    graph = helper.make_graph(nodes, name, inputs, [output], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)
+
+
 def build_tiny_encoder(path: str | Path, vocab_size: int, dim: int, *, seed: int = 0) -> Path:
     """ONNX (input_ids, attention_mask) → embedding: masked mean of a random embedding table, L2-normalised."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     w = np.random.default_rng(seed).standard_normal((vocab_size, dim)).astype(np.float32)
     one = helper.make_tensor("one", TensorProto.FLOAT, [], [1e-9])
@@ -64,30 +77,17 @@ def build_tiny_encoder(path: str | Path, vocab_size: int, dim: int, *, seed: int
         helper.make_node("Div", ["S", "Cc"], ["P"]),
         *_normalize_nodes(helper, "P", "embedding", 1),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny_encoder",
-        [
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"]),
-        ],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
-        initializer=[
-            numpy_helper.from_array(w, "W"),
-            numpy_helper.from_array(np.array([1], np.int64), "ax1"),
-            numpy_helper.from_array(np.array([2], np.int64), "ax2"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return Path(path)
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"]),
+    ]
+    output = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])
+    return _save(path, "tiny_encoder", nodes, inputs, output, {"W": w})
 
 
 def build_tiny_tower(path: str | Path, dim: int, max_events: int, *, decay: float = 0.8) -> Path:
     """ONNX user tower: Σ_t mask_t · w(action_t) · decay^t · item_vec_t, L2-normalised."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     action_w = np.array([1.0, 1.5, 2.0, 3.0], np.float32)
     pos_w = (decay ** np.arange(max_events)).astype(np.float32)
@@ -100,26 +100,13 @@ def build_tiny_tower(path: str | Path, dim: int, max_events: int, *, decay: floa
         helper.make_node("ReduceSum", ["X", "ax1"], ["S"], keepdims=0),
         *_normalize_nodes(helper, "S", "user", 1),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny_tower",
-        [
-            helper.make_tensor_value_info("item_vecs", TensorProto.FLOAT, ["batch", max_events, dim]),
-            helper.make_tensor_value_info("actions", TensorProto.INT64, ["batch", max_events]),
-            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", max_events]),
-        ],
-        [helper.make_tensor_value_info("user", TensorProto.FLOAT, ["batch", dim])],
-        initializer=[
-            numpy_helper.from_array(action_w, "aw"),
-            numpy_helper.from_array(pos_w, "pw"),
-            numpy_helper.from_array(np.array([1], np.int64), "ax1"),
-            numpy_helper.from_array(np.array([2], np.int64), "ax2"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return Path(path)
+    inputs = [
+        helper.make_tensor_value_info("item_vecs", TensorProto.FLOAT, ["batch", max_events, dim]),
+        helper.make_tensor_value_info("actions", TensorProto.INT64, ["batch", max_events]),
+        helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", max_events]),
+    ]
+    output = helper.make_tensor_value_info("user", TensorProto.FLOAT, ["batch", dim])
+    return _save(path, "tiny_tower", nodes, inputs, output, {"aw": action_w, "pw": pos_w})
 
 
 def build_device_bundle(
