@@ -125,6 +125,19 @@ def _probe(bundle: Path, pub: str | None, catalog: Path | None, n_queries: int, 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _faiss_sq8(rows_f32: np.ndarray, u: np.ndarray, runs: int) -> dict | str:
+    try:
+        import faiss
+    except ImportError:
+        return "not available (pip install faiss-cpu)"
+    faiss.omp_set_num_threads(1)
+    index = faiss.IndexScalarQuantizer(rows_f32.shape[1], faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    index.train(rows_f32[: min(len(rows_f32), 65536)])
+    index.add(rows_f32)
+    q = u[None].astype(np.float32)
+    return time_calls(lambda: index.search(q, 10), runs)
+
+
 def _naive(baselines: Path | None, history_texts: list[str], rows_f32: np.ndarray, runs: int) -> dict | str:
     if baselines is None or not (baselines / "teacher").is_dir():
         return "not available (pass --baselines BUNDLE.baselines with the export's fine-tuned teacher)"
@@ -205,12 +218,36 @@ def _one_size(
     }
     hist = [(e.action, cat.item(cat.index[e.item_id]).title) for e in reversed(rec.history(user))]
     rows_f32 = cat.rows.astype(np.float32) * cat.scales[:, None]
+    # baselines of the same stages, in the same run
+    base_stages: dict[str, Any] = {}
+
+    def numpy_scan():
+        sc = rows_f32 @ u
+        top = np.argpartition(-sc, 10)[:10]
+        return top[np.argsort(-sc[top])]
+
+    base_stages["numpy fp32 scan (matmul + argpartition)"] = time_calls(numpy_scan, runs)
+    fp32_onnx = baselines / "encoder_fp32.onnx" if baselines else None
+    if fp32_onnx is not None and fp32_onnx.is_file():
+        from shelfrank.device.encoder import TextEncoder
+
+        enc32 = TextEncoder(
+            fp32_onnx,
+            rec.bundle / rec.manifest["tokenizer"]["file"],
+            max_len=int(rec.manifest["model"]["max_len"]),
+            threads=1,
+        )
+        base_stages["encode (fp32 ONNX student, baselines)"] = time_calls(lambda: enc32.run(feeds), runs)
+    else:
+        base_stages["encode (fp32 ONNX student, baselines)"] = "not available (no --baselines DIR)"
+    base_stages["faiss SQ8 scan"] = _faiss_sq8(rows_f32, u, runs)
     naive = _naive(baselines, [history_text(hist)], rows_f32, max(10, runs // 4))
     entry = {
         "recommend": stages,
         "rest_p50_ms": rest,
         "rest_share": rest / stages["recommend end to end"]["p50_ms"],
         "search": search,
+        "baselines": base_stages,
         "naive": naive,
     }
     if isinstance(naive, dict):
@@ -297,6 +334,13 @@ def render(report: dict[str, Any]) -> str:
             for name, st in e[group].items():
                 lines.append(f"| {n:,} | {name} | {st['p50_ms']:.3f} | {st['p95_ms']:.3f} | {st['p99_ms']:.3f} |")
         lines.append(f"| {n:,} | the rest of recommend (p50) | {e['rest_p50_ms']:.3f} | | |")
+        for name, st in e.get("baselines", {}).items():
+            if isinstance(st, dict):
+                lines.append(
+                    f"| {n:,} | baseline: {name} | {st['p50_ms']:.3f} | {st['p95_ms']:.3f} | {st['p99_ms']:.3f} |"
+                )
+            else:
+                lines.append(f"| {n:,} | baseline: {name} | {st} | | |")
         if isinstance(e["naive"], dict):
             nv = e["naive"]
             lines.append(

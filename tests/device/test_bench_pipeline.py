@@ -42,6 +42,8 @@ def test_bench_bundle_report(bundle_and_key, tmp_path, capsys):
         assert e["recommend"][stage]["p50_ms"] > 0
     assert e["search"]["encode (int8 ONNX)"]["p50_ms"] > 0
     assert e["naive"].startswith("not available")
+    assert e["baselines"]["numpy fp32 scan (matmul + argpartition)"]["p50_ms"] > 0
+    assert e["baselines"]["encode (fp32 ONNX student, baselines)"].startswith("not available")
     assert 0 < rep["bundle_open"]["import_s"] < 30 and rep["process_at_max_size"]["peak_rss_mb"] > 10
     assert "NOT this board" in rep["board"]["this_machine"]  # the tests run on x86, not a Pi 5
     md = (tmp_path / "b.md").read_text()
