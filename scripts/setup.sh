@@ -18,8 +18,9 @@ for arg in "$@"; do
 done
 
 # Debian packages the test suite needs: aarch64 cross compiler and user-mode qemu (emulated ARM),
-# OpenSSH server and client (flash tests against a real sshd on 127.0.0.1).
-SYSTEM_PACKAGES=(g++-aarch64-linux-gnu qemu-user-static binutils-aarch64-linux-gnu openssh-server openssh-client)
+# OpenSSH server and client (flash tests against a real sshd on 127.0.0.1), debootstrap (the
+# arm64 Debian root the whole runtime is tested in under qemu).
+SYSTEM_PACKAGES=(g++-aarch64-linux-gnu qemu-user-static binutils-aarch64-linux-gnu openssh-server openssh-client debootstrap)
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
