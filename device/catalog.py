@@ -40,7 +40,8 @@ class Catalog:
         root = Path(root)
         self.root, self.version = root, version
         try:
-            self.rows = np.load(root / "emb.i8.npy", mmap_mode="r")
+            # a plain ndarray view of the read-only mapping: no np.memmap overhead per indexing
+            self.rows = np.load(root / "emb.i8.npy", mmap_mode="r").view(np.ndarray)
             self.scales = np.load(root / "scale.f32.npy")
         except (OSError, ValueError) as e:
             raise BundleError(f"{root}: catalog rows unreadable: {e}") from e
