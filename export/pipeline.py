@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from shelfrank.bench_pipeline import time_calls
 from shelfrank.device import bundle as bfmt
-from shelfrank.device.bench_pipeline import time_calls
 from shelfrank.device.text import history_text, item_text
 from shelfrank.export.bundle_writer import replace_dir, write_bundle
 from shelfrank.export.data import Dataset, Split, leave_one_out

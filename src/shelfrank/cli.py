@@ -29,10 +29,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.target == "kernel":
-        from shelfrank.device.bench_kernel import main as bench_kernel_main
+        from shelfrank.bench_kernel import main as bench_kernel_main
 
         return bench_kernel_main(args)
-    from shelfrank.device.bench_pipeline import main as bench_pipeline_main
+    from shelfrank.bench_pipeline import main as bench_pipeline_main
 
     return bench_pipeline_main(args)
 

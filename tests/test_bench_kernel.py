@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shelfrank import bench_kernel
 from shelfrank.cli import build_parser
-from shelfrank.device import bench_kernel
 
 
 def test_bench_kernel_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
