@@ -337,7 +337,7 @@ def run_export(
         st.done("tower on student rows", t0)
 
         t0 = st.start("latency")
-        quality["encoders"] = _encodertime_calls(
+        quality["encoders"] = _encoder_latency(
             ds, split, teacher_enc, tok_path, work, p, hist_tokens, tokens, bundle_rows, rows8, scales
         )
         st.done("latency", t0)
@@ -421,7 +421,7 @@ def _eval_bundle_path(
     return ev.evaluate(score, cases, n)
 
 
-def _encodertime_calls(ds, split, teacher_enc, tok_path, work, p, hist_tokens, tokens, rows, rows8, scales) -> dict:
+def _encoder_latency(ds, split, teacher_enc, tok_path, work, p, hist_tokens, tokens, rows, rows8, scales) -> dict:
     """1 thread, batch 1: teacher torch fp32 on history text vs the device's encoders and tower."""
     import torch
 
