@@ -22,6 +22,7 @@ from shelfrank.device import bundle as bfmt
 from shelfrank.device.catalog import Catalog, Item
 from shelfrank.device.encoder import TextEncoder, make_session
 from shelfrank.device.events import Event, EventStore
+from shelfrank.device.history import collapse, tower_inputs
 from shelfrank.device.kernel import topk
 from shelfrank.device.text import ACTION_IDS
 from shelfrank.errors import BundleError, InputError
@@ -185,27 +186,12 @@ class Recommender:
             if history is not None
             else self.events.history(user_id, limit=self.max_events * 4)
         )
-        steps = [
-            (cat.index[e.item_id], ACTION_IDS[e.action]) for e in reversed(recent) if e.item_id in cat.index
-        ]  # items a sync removed are kept but ignored
+        # items a sync removed are kept in the history but ignored
+        steps = collapse((cat.index[e.item_id], ACTION_IDS[e.action]) for e in recent if e.item_id in cat.index)
         vec = None
         if steps:
-            # collapse consecutive events on one item into its strongest action, like training did
-            merged: list[tuple[int, int]] = []
-            for row, act in steps:  # newest first
-                if merged and merged[-1][0] == row:
-                    merged[-1] = (row, max(act, merged[-1][1]))
-                else:
-                    merged.append((row, act))
-            merged = merged[: self.max_events]
-            L = self.max_events
-            rows = np.zeros(L, np.int64)
-            acts = np.zeros((1, L), np.int64)
-            mask = np.zeros((1, L), np.float32)
-            rows[: len(merged)] = [r for r, _ in merged]
-            acts[0, : len(merged)] = [a for _, a in merged]
-            mask[0, : len(merged)] = 1.0
-            feeds = {"item_vecs": cat.vectors(rows)[None], "actions": acts, "mask": mask}
+            rows, acts, mask = tower_inputs([steps], self.max_events)
+            feeds = {"item_vecs": cat.vectors(rows[0])[None], "actions": acts, "mask": mask}
             (u,) = self._tower.run(["user"], feeds)
             vec = np.ascontiguousarray(u[0], np.float32)
             if not np.isfinite(vec).all():

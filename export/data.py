@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from shelfrank.device.history import add_step
 from shelfrank.errors import ExportValidationError
 
 logger = logging.getLogger(__name__)
@@ -91,12 +92,7 @@ class Dataset:
         seqs: list[list[tuple[int, int]]] = [[] for _ in self.users]
         ev = self.events
         for u, i, a in zip(ev.user.tolist(), ev.item.tolist(), ev.action.tolist()):
-            s = seqs[u]
-            if s and s[-1][0] == i:
-                if a > s[-1][1]:
-                    s[-1] = (i, a)
-            else:
-                s.append((i, a))
+            add_step(seqs[u], i, a)
         return seqs
 
 

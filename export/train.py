@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shelfrank.device.history import tower_inputs
 from shelfrank.export.models import MeanPoolEncoder, SequenceTower
 
 logger = logging.getLogger(__name__)
@@ -165,20 +166,7 @@ def train_encoder(
 # ---- the sequence user tower ----------------------------------------------------------------
 
 
-def history_arrays(histories: Sequence[Steps], max_events: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, actions, mask) of the newest ``max_events`` steps, newest first, zero-padded."""
-    n = len(histories)
-    rows = np.zeros((n, max_events), np.int64)
-    acts = np.zeros((n, max_events), np.int64)
-    mask = np.zeros((n, max_events), np.float32)
-    for j, h in enumerate(histories):
-        recent = h[-max_events:][::-1]
-        if recent:
-            r, a = zip(*recent)
-            rows[j, : len(r)] = r
-            acts[j, : len(r)] = a
-            mask[j, : len(r)] = 1.0
-    return rows, acts, mask
+history_arrays = tower_inputs  # the device builds its tower input with the same function
 
 
 def tower_cases(train: Sequence[Steps], max_events: int) -> tuple[list[Steps], np.ndarray]:
