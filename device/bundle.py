@@ -207,4 +207,29 @@ def verify_bundle(root: str | Path, *, public_key=None, check_files: bool = True
                 raise BundleError(f"{p}: listed in the manifest but missing")
             if sha256_file(p) != digest:
                 raise BundleError(f"{p}: sha256 differs from the manifest (corrupt or tampered)")
+        check_encoders(manifest, files, root / MANIFEST)
     return manifest
+
+
+def check_encoders(manifest: dict[str, Any], files: dict[str, str], where: Path) -> None:
+    """The optional ``encoders`` table: {variant: {file, sha256, …}}, each file hashed in ``files``.
+
+    Additional encoders (``fp16`` for GPU providers) are an optional, additive part of format 1: a
+    runtime that predates them still verifies their files through ``files`` and runs the int8
+    ``model``, which stays complete on its own (the catalog rows are its embeddings).
+
+    Raises:
+        BundleError: an entry that is not a table, lacks ``file``/``sha256``, or whose file or
+            hash disagrees with the ``files`` table.
+    """
+    encoders = manifest.get("encoders", {})
+    if not isinstance(encoders, dict):
+        raise BundleError(f"{where}: 'encoders' must be a table of {{variant: {{file, sha256}}}}")
+    for variant, entry in encoders.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or "sha256" not in entry:
+            raise BundleError(f"{where}: encoders.{variant} must be a table with 'file' and 'sha256'")
+        if files.get(entry["file"]) != entry["sha256"]:
+            raise BundleError(
+                f"{where}: encoders.{variant} file {entry['file']!r} is not in the signed 'files' table "
+                "with the same sha256"
+            )

@@ -3,13 +3,17 @@
 The ONNX graph takes ``input_ids`` and ``attention_mask`` (int64, batch × tokens) and returns
 ``embedding`` (float32, batch × d), already mean-pooled and L2-normalised, so export and device
 share one definition of "the item vector". Export embeds the catalog through this same class.
+
+:func:`open_text_encoder` picks which of the bundle's encoders a board runs: the fp16 one under
+the board's GPU providers (Jetson) when the bundle has it and onnxruntime can run it there, else
+the int8 one on the CPU, with a logged warning that says why.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +24,32 @@ from shelfrank.errors import BundleError, InputError
 logger = logging.getLogger(__name__)
 
 
+def provider_names(providers: Sequence[Any]) -> list[str]:
+    """Provider names of an onnxruntime providers list whose entries are names or (name, options)."""
+    return [p[0] if isinstance(p, tuple) else p for p in providers]
+
+
 def make_session(
     model_path: str | Path,
     *,
     threads: int = 1,
     providers: Sequence[Any] | None = None,
+    profile_prefix: str | None = None,
 ):
-    """An onnxruntime session with explicit threads; GPU providers fall back to CPU with a warning."""
+    """An onnxruntime session with explicit threads; GPU providers fall back to CPU with a warning.
+
+    ``profile_prefix`` turns on onnxruntime's profiler (``session.end_profiling()`` writes the
+    JSON trace: one event per node run, with the provider that ran it).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, int(threads))
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     wanted = list(providers) if providers else ["CPUExecutionProvider"]
     available = set(ort.get_available_providers())
     usable = [p for p in wanted if (p[0] if isinstance(p, tuple) else p) in available]
@@ -73,6 +90,9 @@ class TextEncoder:
         providers: Sequence[Any] | None = None,
     ) -> None:
         from tokenizers import Tokenizer
+
+        self.model_path, self.threads = Path(model_path), int(threads)
+        self.providers = list(providers) if providers else ["CPUExecutionProvider"]  # as asked, with options
 
         try:
             self.tokenizer = Tokenizer.from_file(os.fspath(tokenizer_path))
@@ -126,3 +146,112 @@ class TextEncoder:
             out[idx] = emb
         assert out is not None
         return out
+
+
+# ---- which encoder a board runs -------------------------------------------------------------
+
+#: the bundle's accelerator encoder (manifest ``encoders.fp16``), run under a board's ``gpu_providers``
+GPU_VARIANT = "fp16"
+
+
+def open_text_encoder(
+    bundle: Path,
+    manifest: Mapping[str, Any],
+    *,
+    threads: int = 1,
+    providers: Sequence[Any] | None = None,
+    gpu_providers: Sequence[Any] | None = None,
+) -> tuple[TextEncoder, dict[str, Any]]:
+    """The text encoder this board runs, and a record of the choice.
+
+    With ``gpu_providers`` (a board's, e.g. TensorRT then CUDA), the bundle's fp16 encoder is
+    tried under those of them this onnxruntime build has (CPU appended for the nodes they leave),
+    and kept only if a GPU provider is really registered and a first run gives finite vectors.
+    Otherwise — no fp16 encoder in the bundle, no such provider in this onnxruntime build,
+    session creation failed, or onnxruntime fell back to the CPU on its own — the int8 encoder
+    (``manifest.model``) runs on ``providers`` and a warning names the reason. The catalog rows
+    are always the int8 encoder's; the export's parity gate bounds the fp16 one against them.
+
+    Returns:
+        (encoder, info) with info = {precision, file, requested_providers, session_providers,
+        gpu_providers, fallback_reason (None when the board got what it asked for)}.
+
+    Raises:
+        BundleError: the int8 encoder itself cannot be loaded.
+    """
+    model = manifest["model"]
+    tok = bundle / manifest["tokenizer"]["file"]
+    max_len = int(model["max_len"])
+    gpu = list(gpu_providers or [])
+    reason = None
+    if gpu:
+        enc, reason = _try_gpu_encoder(bundle, manifest, tok, max_len, threads, gpu)
+        if enc is not None:
+            info = _encoder_info(enc, GPU_VARIANT, manifest["encoders"][GPU_VARIANT]["file"], gpu, None)
+            logger.info("text encoder: %s on %s", info["file"], info["session_providers"])
+            return enc, info
+    enc = TextEncoder(bundle / model["file"], tok, max_len=max_len, threads=threads, providers=providers)
+    precision = str(model.get("precision", "int8")).split()[0]
+    info = _encoder_info(enc, precision, model["file"], gpu, reason)
+    if reason is not None:
+        logger.warning(
+            "%s: the board's GPU providers %s are not used for the text encoder: %s. Running the %s encoder "
+            "(%s) on %s instead.",
+            bundle,
+            provider_names(gpu),
+            reason,
+            precision,
+            model["file"],
+            info["session_providers"],
+        )
+    return enc, info
+
+
+def _encoder_info(
+    enc: TextEncoder, precision: str, file: str, gpu: Sequence[Any], reason: str | None
+) -> dict[str, Any]:
+    return {
+        "precision": precision,
+        "file": file,
+        "requested_providers": provider_names(enc.providers),
+        "session_providers": list(enc.session.get_providers()),
+        "gpu_providers": provider_names(gpu),
+        "fallback_reason": reason,
+    }
+
+
+def _try_gpu_encoder(
+    bundle: Path, manifest: Mapping[str, Any], tok: Path, max_len: int, threads: int, gpu: list
+) -> tuple[TextEncoder | None, str | None]:
+    """(the fp16 encoder under the GPU providers, None) or (None, why not)."""
+    import onnxruntime as ort
+
+    entry = (manifest.get("encoders") or {}).get(GPU_VARIANT)
+    if entry is None:
+        return None, f"the bundle has no {GPU_VARIANT} encoder (export it with 'shelfrank export --fp16')"
+    available = ort.get_available_providers()
+    usable = [p for p in gpu if provider_names([p])[0] in available]
+    if not usable:
+        return None, (
+            f"provider(s) {provider_names(gpu)} not available in this onnxruntime build (it has {available}; "
+            "a Jetson needs NVIDIA's onnxruntime-gpu wheel for its JetPack)"
+        )
+    wanted = usable + ([] if "CPUExecutionProvider" in provider_names(usable) else ["CPUExecutionProvider"])
+    try:
+        enc = TextEncoder(bundle / entry["file"], tok, max_len=max_len, threads=threads, providers=wanted)
+    except BundleError as e:
+        return None, f"session creation failed: {e}"
+    got = enc.session.get_providers()
+    registered = [p for p in provider_names(usable) if p in got]
+    if not registered:
+        # onnxruntime's python layer retries on the CPU by itself when a provider fails to start
+        return None, f"session creation fell back: onnxruntime registered {got}, none of {provider_names(usable)}"
+    dropped = [p for p in provider_names(usable) if p not in got]
+    if dropped:
+        logger.warning("%s: onnxruntime did not register %s for the fp16 encoder; it runs on %s", bundle, dropped, got)
+    try:
+        # the first run is where TensorRT builds its engine and where fp16 overflow would show (NaN)
+        enc.encode(["warm-up query"])
+    except Exception as e:  # onnxruntime raises its own exception types; BundleError on NaN/inf
+        return None, f"the first fp16 run failed on {got}: {e}"
+    return enc, None

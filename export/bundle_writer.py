@@ -61,11 +61,15 @@ def write_bundle(
     model: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, str | bytes] | None = None,
     meta: Mapping[str, Any] | None = None,
+    encoders: Mapping[str, tuple[Path, Mapping[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Write the bundle of DESIGN.md at ``out`` and sign it with ``key`` (an Ed25519 private key).
 
     ``model`` adds fields to the manifest's model entry; ``extra_files`` maps bundle-relative names
-    to text/bytes written as they are (quality reports, logs); ``meta`` adds top-level fields.
+    to text/bytes written as they are (quality reports, logs); ``meta`` adds top-level fields;
+    ``encoders`` = {variant: (onnx file, manifest fields)} adds alternative encoders of the same
+    embedding function (``fp16`` for GPU providers) as ``encoder_<variant>.onnx``, declared in the
+    manifest's ``encoders`` table.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +78,11 @@ def write_bundle(
         shutil.copy2(encoder, tmp / "encoder.onnx")
         shutil.copy2(tokenizer, tmp / "tokenizer.json")
         shutil.copy2(tower, tmp / "user_tower.onnx")
+        variants: dict[str, Any] = {}
+        for variant, (src, fields) in (encoders or {}).items():
+            name = f"encoder_{variant}.onnx"
+            shutil.copy2(src, tmp / name)
+            variants[variant] = {**fields, "file": name, "sha256": bfmt.sha256_file(tmp / name)}
         catalog = write_catalog(tmp, ds, rows8, scales, popularity)
         for name, content in (extra_files or {}).items():
             (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
@@ -118,6 +127,8 @@ def write_bundle(
                 "item_vecs": "catalog rows dequantised (int8 × scale)",
             },
         }
+        if variants:
+            manifest["encoders"] = variants
         manifest = bfmt.sign_bundle(tmp, manifest, key)
         replace_dir(tmp, out)
         return manifest

@@ -1,4 +1,4 @@
-"""ONNX export, dynamic int8 quantisation and the int8-vs-fp32 parity gate."""
+"""ONNX export, dynamic int8 quantisation, the fp16 encoder for GPU providers, and the parity gates."""
 
 from __future__ import annotations
 
@@ -77,6 +77,22 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path) -> Path:
     return Path(int8_path)
 
 
+def convert_fp16(fp32_path: str | Path, fp16_path: str | Path) -> Path:
+    """The fp32 encoder's graph in float16 for GPU providers (CUDA, TensorRT), inputs/outputs unchanged.
+
+    onnxruntime's converter (``onnxruntime.transformers.float16``, shipped with onnxruntime: no
+    extra dependency) with ``keep_io_types``: int64 token inputs, a float32 ``embedding`` output
+    (one Cast at the end), so the device feeds and reads it exactly like the int8 encoder. Its
+    default block list keeps ops without float16 kernels in float32.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    onnx.save(model, str(fp16_path))
+    return Path(fp16_path)
+
+
 def parity(
     fp32: TextEncoder, int8: TextEncoder, texts: Sequence[str], catalog_fp32: np.ndarray, *, k: int = 10
 ) -> dict[str, float]:
@@ -98,12 +114,14 @@ def parity(
     }
 
 
-def parity_gate(figures: dict[str, float], *, min_cos: float = 0.99, min_overlap: float = 0.9) -> None:
+def parity_gate(
+    figures: dict[str, float], *, min_cos: float = 0.99, min_overlap: float = 0.9, what: str = "int8 encoder"
+) -> None:
     """Raise ParityError (with the figures) unless mean cos ≥ min_cos and top-10 overlap ≥ min_overlap."""
     ok = figures["mean_cos"] >= min_cos and figures["top10_overlap"] >= min_overlap
     if not ok:
         raise ParityError(
-            f"int8 encoder fails the parity gate: mean cosine {figures['mean_cos']:.4f} (need ≥ {min_cos}), "
+            f"{what} fails the parity gate: mean cosine {figures['mean_cos']:.4f} (need ≥ {min_cos}), "
             f"top-10 overlap {figures['top10_overlap']:.3f} (need ≥ {min_overlap}) on {figures['texts']} "
             "held-out texts; no bundle written"
         )

@@ -148,12 +148,17 @@ def run_export(
     resume: bool = False,
     split: Split | None = None,
     parity_thresholds: tuple[float, float] = (0.99, 0.9),
+    fp16: bool = False,
 ) -> ExportResult:
     """Run the whole export and write a signed bundle at ``out`` (plus ``out.baselines/``).
 
+    ``fp16`` also writes the student as a float16 encoder for GPU providers (manifest
+    ``encoders.fp16``), behind its own parity gate against fp32 and against the int8 encoder
+    whose rows the catalog holds.
+
     Raises:
         ExportValidationError: unusable data or teacher.
-        ParityError: the int8 encoder drifted from fp32 beyond the gate; nothing is written.
+        ParityError: the int8 (or fp16) encoder drifted beyond the gate; nothing is written.
     """
     _torch_imports()
     import torch
@@ -307,6 +312,10 @@ def run_export(
             par["top10_overlap"],
         )
         parity_gate(par, min_cos=parity_thresholds[0], min_overlap=parity_thresholds[1])
+        if fp16:
+            quality["parity_fp16"] = _fp16_encoder(
+                work, tok_path, p.max_len, held, enc32, enc8, s32_rows, s8_rows, parity_thresholds
+            )
         st.done("onnx + int8", t0)
 
         t0 = st.start("tower on student rows")
@@ -369,6 +378,7 @@ def run_export(
                 "quality.md": render_quality(quality),
                 "export.log": log,
             },
+            encoders={"fp16": (work / "encoder_fp16.onnx", _fp16_manifest(quality["parity_fp16"]))} if fp16 else None,
             meta={
                 "preset": asdict(p),
                 "quality": {
@@ -390,6 +400,60 @@ def run_export(
     finally:
         logging.getLogger("shelfrank").removeHandler(file_log)
         file_log.close()
+
+
+def _fp16_encoder(
+    work: Path,
+    tok_path: Path,
+    max_len: int,
+    held: list[str],
+    enc32,
+    enc8,
+    s32_rows: np.ndarray,
+    s8_rows: np.ndarray,
+    thresholds: tuple[float, float],
+) -> dict[str, Any]:
+    """``work/encoder_fp16.onnx`` from the fp32 student, gated against fp32 and against the int8 encoder.
+
+    Measured with onnxruntime's CPU provider, which runs the float16 graph correctly but inserts
+    float32 Casts around the nodes it has no float16 kernel for (MatMul, Add, Softmax's parts…): the
+    figures bound the float16 weights and the float16 nodes it does run, not a GPU's float16
+    arithmetic.
+    """
+    from shelfrank.device.encoder import TextEncoder
+    from shelfrank.export.onnx_export import convert_fp16, parity, parity_gate
+
+    path = convert_fp16(work / "student_fp32.onnx", work / "encoder_fp16.onnx")
+    enc16 = TextEncoder(path, tok_path, max_len=max_len)
+    figures = {
+        "vs_fp32": parity(enc32, enc16, held, s32_rows),
+        # the device mixes fp16 search queries with the int8 encoder's catalog rows
+        "vs_int8": parity(enc8, enc16, held, s8_rows),
+        "provider": "CPUExecutionProvider",
+        "file_mb": round(path.stat().st_size / 1e6, 2),
+    }
+    for name, what in (("vs_fp32", "the fp32 student"), ("vs_int8", "the int8 encoder (whose rows the catalog holds)")):
+        f = figures[name]
+        logger.info(
+            "parity fp16 vs %s: mean cos %.5f, min %.5f, top-10 overlap %.3f",
+            name[3:],
+            f["mean_cos"],
+            f["min_cos"],
+            f["top10_overlap"],
+        )
+        parity_gate(f, min_cos=thresholds[0], min_overlap=thresholds[1], what=f"fp16 encoder (against {what})")
+    return figures
+
+
+def _fp16_manifest(figures: dict[str, Any]) -> dict[str, Any]:
+    keep = ("mean_cos", "min_cos", "top10_overlap", "texts")
+    return {
+        "precision": "fp16",
+        "io": "int64 input_ids/attention_mask → float32 embedding (as the int8 encoder)",
+        "source": "the fp32 student, onnxruntime.transformers.float16 (keep_io_types)",
+        "for": "gpu_providers of a board config (CUDA, TensorRT); the catalog rows stay the int8 encoder's",
+        "parity": {k: {m: figures[k][m] for m in keep} for k in ("vs_fp32", "vs_int8")},
+    }
 
 
 def _parity_texts(ds: Dataset, n: int, seed: int) -> list[str]:
@@ -508,6 +572,15 @@ def render_quality(q: dict) -> str:
             "",
             f"Parity (int8 vs fp32 student, {par['texts']} held-out texts): mean cosine "
             f"{par['mean_cos']:.4f}, min {par['min_cos']:.4f}, top-10 overlap {par['top10_overlap']:.3f}.",
+        ]
+    if "parity_fp16" in q:
+        f32, f8 = q["parity_fp16"]["vs_fp32"], q["parity_fp16"]["vs_int8"]
+        lines += [
+            "",
+            f"fp16 encoder for GPU providers ({q['parity_fp16']['file_mb']} MB; parity measured with the CPU "
+            f"provider): vs fp32 mean cosine {f32['mean_cos']:.5f}, min {f32['min_cos']:.5f}, top-10 overlap "
+            f"{f32['top10_overlap']:.3f}; vs the int8 encoder (fp16 queries against the int8 catalog rows) "
+            f"mean cosine {f8['mean_cos']:.4f}, min {f8['min_cos']:.4f}, top-10 overlap {f8['top10_overlap']:.3f}.",
         ]
     if "encoders" in q:
         lines += [

@@ -6,7 +6,10 @@ history — history read, user tower, int8 top-k, end to end (cache cleared each
 size of the sweep (rows perturbed and re-quantised). Baselines in the same run: the naive
 pipeline (the fine-tuned teacher in torch fp32 over the history text at 128 tokens + a numpy fp32
 scan), when ``--baselines DIR`` holds the export's teacher and torch is installed. Also: import
-time, open time and peak RSS, each measured in a fresh process.
+time, open time and peak RSS, each measured in a fresh process; and which text encoder the board
+runs (fp16 under GPU providers or int8 on the CPU, with the fallback reason) with the provider
+that actually ran each node type, from onnxruntime's profiler — so a CPU fallback is never taken
+for GPU speed.
 """
 
 from __future__ import annotations
@@ -185,7 +188,15 @@ def _one_size(
         rec.record(user, cat.item_ids[int(i)], ACTIONS[j % 4])
     u = rec.user_vector(user)
     stages: dict[str, Any] = {}
+    # record() writes each event through to the in-memory history, so recommend after an event
+    # reads no SQLite; the cold read (a user not among the recently active) is shown beside it
     stages["history read"] = time_calls(lambda: rec.events.history(user, limit=rec.max_events * 4), runs)
+
+    def cold_history():
+        rec.events._recent.pop(user, None)
+        rec.events.history(user)
+
+    stages["history read, not cached (SQLite)"] = time_calls(cold_history, runs)
 
     def tower():
         rec._cache.clear()
@@ -242,9 +253,10 @@ def _one_size(
     text = cat.item(int(picks[0])).title
     enc = rec.encoder
     feeds = enc.tokenize([text])
+    precision = rec.encoder_info.get("precision", "int8")
     search = {
         "tokenize": time_calls(lambda: enc.tokenize([text]), runs),
-        "encode (int8 ONNX)": time_calls(lambda: enc.run(feeds), runs),
+        f"encode ({precision} ONNX)": time_calls(lambda: enc.run(feeds), runs),
         "search end to end": time_calls(lambda: rec.search(text, k=10), runs),
     }
     hist = [(e.action, cat.item(cat.index[e.item_id]).title) for e in reversed(rec.history(user))]
@@ -286,6 +298,75 @@ def _one_size(
     return entry, cat_dir
 
 
+def parse_profile(path: str | Path, *, skip_first_run: bool = True) -> dict[str, Any]:
+    """Which execution provider ran each node type, from an onnxruntime profile (JSON trace).
+
+    Node events (``cat == "Node"``) carry ``args.op_name`` and ``args.provider``. Nodes are counted
+    once each; ``runs`` and kernel time ``us`` add up over the profiled runs, leaving out the
+    first ``model_run`` (where TensorRT builds its engine) when there are several.
+
+    Returns:
+        {"by_op": {op: {provider: {"nodes", "runs", "us"}}}, "by_provider": {provider: {"nodes",
+        "us", "time_share"}}, "model_runs": n}
+
+    Raises:
+        ValueError: the file is not a profile, or it holds no node events.
+    """
+    try:
+        events = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable onnxruntime profile: {e}") from e
+    if not isinstance(events, list):
+        raise ValueError(f"{path}: not an onnxruntime profile (expected a JSON list of trace events)")
+    runs = sorted(
+        (e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )
+    warm = runs[0] if skip_first_run and len(runs) > 1 else None
+    by_op: dict[str, dict[str, dict[str, Any]]] = {}
+    for e in events:
+        args = e.get("args") or {}
+        if e.get("cat") != "Node" or "provider" not in args or "op_name" not in args:
+            continue  # session events; fence events carry no provider
+        cell = by_op.setdefault(args["op_name"], {}).setdefault(args["provider"], {"nodes": set(), "runs": 0, "us": 0})
+        cell["nodes"].add(e["name"])
+        if warm is None or not warm[0] <= e.get("ts", -1) <= warm[1]:
+            cell["runs"] += 1
+            cell["us"] += int(e.get("dur", 0))
+    if not by_op:
+        raise ValueError(f"{path}: no node events with a provider (was the profiler on during a run?)")
+    by_provider: dict[str, dict[str, Any]] = {}
+    for provs in by_op.values():
+        for prov, cell in provs.items():
+            cell["nodes"] = len(cell["nodes"])
+            tot = by_provider.setdefault(prov, {"nodes": 0, "us": 0})
+            tot["nodes"] += cell["nodes"]
+            tot["us"] += cell["us"]
+    total_us = sum(t["us"] for t in by_provider.values())
+    for t in by_provider.values():
+        t["time_share"] = t["us"] / total_us if total_us else 0.0
+    return {
+        "by_op": {op: dict(sorted(p.items())) for op, p in sorted(by_op.items())},
+        "by_provider": dict(sorted(by_provider.items(), key=lambda kv: -kv[1]["us"])),
+        "model_runs": len(runs),
+    }
+
+
+def encoder_provider_profile(enc, feeds: dict[str, np.ndarray], *, calls: int, prefix: str) -> dict[str, Any]:
+    """Run ``enc``'s model (same file, threads, providers and options) ``calls`` + 1 times under
+    onnxruntime's profiler; :func:`parse_profile` of the trace, the first run left out of the times."""
+    from shelfrank.device.encoder import make_session
+
+    sess = make_session(enc.model_path, threads=enc.threads, providers=enc.providers, profile_prefix=prefix)
+    for _ in range(calls + 1):
+        sess.run(["embedding"], feeds)
+    path = sess.end_profiling()
+    try:
+        report = parse_profile(path)
+    finally:
+        Path(path).unlink(missing_ok=True)
+    return {"calls": calls, "session_providers": list(sess.get_providers()), **report}
+
+
 def run_bench(
     bundle: Path,
     *,
@@ -319,13 +400,22 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="shelfrank-bench-") as tmpd:
         tmp = Path(tmpd)
         report["bundle_open"] = _probe(bundle, public_key, None, 0, tmp)
-        rec = Recommender.open(bundle, public_key=public_key, state_dir=tmp / "state")
+        # the board's providers choose the text encoder (fp16 on a GPU, else int8 on the CPU);
+        # timings stay at 1 thread
+        rec = Recommender.open(bundle, public_key=public_key, state_dir=tmp / "state", board=board, threads=1)
         rng = np.random.default_rng(0)
         for n in sizes:
             entry, cat_dir = _one_size(rec, base, n, runs, tmp, rng, baselines, threads)
             report["sizes"][n] = entry
             if n == max(sizes):
                 report["process_at_max_size"] = _probe(bundle, public_key, cat_dir, probe_queries, tmp)
+        enc = rec.encoder
+        report["encoder"] = {
+            **rec.encoder_info,
+            "profile": encoder_provider_profile(
+                enc, enc.tokenize([base.items[0]["title"]]), calls=5, prefix=str(tmp / "ort-profile")
+            ),
+        }
         rec.close()
     report["isa"] = active_isa()
     report["machine"] = platform.machine()
@@ -359,6 +449,8 @@ def render(report: dict[str, Any]) -> str:
         lines.append(
             f"Peak RSS with the {max(report['sizes']):,}-item catalog after 200 recommends: {p['peak_rss_mb']:.0f} MB."
         )
+    if "encoder" in report:
+        lines += ["", *render_encoder(report["encoder"])]
     lines += ["", "| catalog | stage | p50 ms | p95 ms | p99 ms |", "| ---: | :--- | ---: | ---: | ---: |"]
     for n, e in report["sizes"].items():
         for group in ("recommend", "search"):
@@ -385,6 +477,36 @@ def render(report: dict[str, Any]) -> str:
             f"| {n:,} | {e['recommend']['recommend end to end']['p50_ms']:.3f} | {e['rest_share']:.0%} | {sp} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def render_encoder(enc: dict[str, Any]) -> list[str]:
+    """Markdown: which text encoder ran, on what, and which provider ran each node type."""
+    prof = enc["profile"]
+    shares = ", ".join(f"{p} {t['time_share']:.0%}" for p, t in prof["by_provider"].items())
+    lines = [
+        "## Text encoder: which provider ran what",
+        "",
+        f"Encoder `{enc['file']}` ({enc['precision']}); onnxruntime session providers "
+        f"{', '.join(prof['session_providers'])}; share of kernel time over {prof['calls']} profiled calls: {shares}.",
+    ]
+    if enc.get("gpu_providers"):
+        lines.append(
+            f"The board asks for {', '.join(enc['gpu_providers'])}: "
+            + (
+                "in use."
+                if enc.get("fallback_reason") is None
+                else f"**CPU fallback** — {enc['fallback_reason']}. The encoder figures are CPU figures."
+            )
+        )
+    lines += [
+        "",
+        f"| op type | provider | nodes | kernel µs ({prof['calls']} calls) |",
+        "| :--- | :--- | ---: | ---: |",
+    ]
+    for op, provs in prof["by_op"].items():
+        for prov, cell in provs.items():
+            lines.append(f"| {op} | {prov} | {cell['nodes']} | {cell['us']} |")
+    return lines
 
 
 def plot(report: dict[str, Any], out: str) -> str:

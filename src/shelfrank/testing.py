@@ -2,12 +2,14 @@
 
 - :func:`build_wordpiece`: a BERT-style WordPiece ``tokenizer.json`` from a list of texts.
 - :func:`build_tiny_encoder` / :func:`build_tiny_tower`: ONNX graphs with the bundle's exact
-  interfaces, made with ``onnx.helper`` (no torch): a mean-pooled embedding-table encoder and a
+  interfaces, made with ``onnx.helper`` (no torch): a mean-pooled embedding-table encoder (also
+  as an fp16 graph with float32 output, like the export's ``--fp16`` encoder) and a
   recency/action-weighted mean user tower.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -35,8 +37,8 @@ def build_wordpiece(texts: list[str], path: str | Path) -> dict[str, int]:
     return vocab
 
 
-def _normalize_nodes(helper, src: str, dst: str, axis: int) -> list:
-    eps = helper.make_tensor("eps_" + dst, 1, [], [1e-9])
+def _normalize_nodes(helper, src: str, dst: str, axis: int, *, dtype: int = 1) -> list:
+    eps = helper.make_tensor("eps_" + dst, dtype, [], [1e-7 if dtype == 10 else 1e-9])
     return [
         helper.make_node("ReduceL2", [src], [dst + "_n"], axes=[axis], keepdims=1),
         helper.make_node("Constant", [], [dst + "_eps"], value=eps),
@@ -59,15 +61,21 @@ def _save(path: str | Path, name: str, nodes: list, inputs: list, output, weight
     return Path(path)
 
 
-def build_tiny_encoder(path: str | Path, vocab_size: int, dim: int, *, seed: int = 0) -> Path:
-    """ONNX (input_ids, attention_mask) → embedding: masked mean of a random embedding table, L2-normalised."""
+def build_tiny_encoder(path: str | Path, vocab_size: int, dim: int, *, seed: int = 0, fp16: bool = False) -> Path:
+    """ONNX (input_ids, attention_mask) → embedding: masked mean of a random embedding table, L2-normalised.
+
+    ``fp16``: the same table rounded to float16 and the graph computed in float16, with a final
+    Cast so the output stays float32 (the interface of the export's ``--fp16`` encoder).
+    """
     from onnx import TensorProto, helper
 
-    w = np.random.default_rng(seed).standard_normal((vocab_size, dim)).astype(np.float32)
-    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1e-9])
+    w = np.random.default_rng(seed).standard_normal((vocab_size, dim)).astype(np.float16 if fp16 else np.float32)
+    ft = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
+    one = helper.make_tensor("one", ft, [], [1e-7 if fp16 else 1e-9])
+    out = "emb16" if fp16 else "embedding"
     nodes = [
         helper.make_node("Gather", ["W", "input_ids"], ["E"]),
-        helper.make_node("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["attention_mask"], ["mf"], to=ft),
         helper.make_node("Unsqueeze", ["mf", "ax2"], ["m3"]),
         helper.make_node("Mul", ["E", "m3"], ["Em"]),
         helper.make_node("ReduceSum", ["Em", "ax1"], ["S"], keepdims=0),
@@ -75,8 +83,10 @@ def build_tiny_encoder(path: str | Path, vocab_size: int, dim: int, *, seed: int
         helper.make_node("Constant", [], ["tiny"], value=one),
         helper.make_node("Max", ["C", "tiny"], ["Cc"]),
         helper.make_node("Div", ["S", "Cc"], ["P"]),
-        *_normalize_nodes(helper, "P", "embedding", 1),
+        *_normalize_nodes(helper, "P", out, 1, dtype=ft),
     ]
+    if fp16:
+        nodes.append(helper.make_node("Cast", ["emb16"], ["embedding"], to=TensorProto.FLOAT))
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"]),
@@ -110,11 +120,13 @@ def build_tiny_tower(path: str | Path, dim: int, max_events: int, *, decay: floa
 
 
 def build_device_bundle(
-    root: Path, *, n_items: int = 300, seed: int = 5, dim: int = 16, max_events: int = 6
+    root: Path, *, n_items: int = 300, seed: int = 5, dim: int = 16, max_events: int = 6, fp16: bool = False
 ) -> tuple[Path, Path]:
     """A small signed bundle of the demo shop with the tiny ONNX encoder and tower (no torch).
 
-    Returns (bundle folder, publisher public key); the private key is ``root/keys/publisher.key``.
+    ``fp16`` adds the tiny encoder's float16 twin as the bundle's ``encoders.fp16`` (what
+    ``shelfrank export --fp16`` writes). Returns (bundle folder, publisher public key); the
+    private key is ``root/keys/publisher.key``.
     """
     from shelfrank.device import bundle as bfmt
     from shelfrank.device.encoder import TextEncoder
@@ -133,6 +145,10 @@ def build_device_bundle(
     rows = TextEncoder(work / "encoder.onnx", work / "tokenizer.json", max_len=32).encode(texts)
     rows8, scales = quantize_rows(rows)
     key, pub = bfmt.generate_keypair(root / "keys" / "publisher.key")
+    encoders = {}
+    if fp16:
+        build_tiny_encoder(work / "encoder_fp16.onnx", len(vocab), dim, seed=seed, fp16=True)
+        encoders["fp16"] = (work / "encoder_fp16.onnx", {"precision": "fp16", "io": "float32"})
     write_bundle(
         root / "bundle",
         ds,
@@ -146,5 +162,29 @@ def build_device_bundle(
         max_len=32,
         max_events=max_events,
         model={"layers": 0, "precision": "fp32"},
+        encoders=encoders,
     )
     return root / "bundle", pub
+
+
+def write_cpu_as_gpu_board(path: str | Path, *, gpu_providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> Path:
+    """A board config whose ``gpu_providers`` are the given ones (default: the CPU provider), so a
+    machine without a GPU exercises the path that runs the bundle's fp16 encoder."""
+    lines = [
+        'name = "cpu-as-gpu"',
+        'description = "test board: the fp16 encoder under the given providers"',
+        'cpu = "any"',
+        'expected_isa = "scalar"',
+        "threads = 1",
+        'providers = ["CPUExecutionProvider"]',
+        f"gpu_providers = {json.dumps(list(gpu_providers))}",  # a JSON list of strings is a TOML array
+        'precision = "int8"',
+        "max_catalog_items = 100000",
+        "memory_budget_mb = 256",
+        'install_prefix = "/opt/shelfrank"',
+        'service_user = "shelfrank"',
+        'python = "python3"',
+    ]
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -41,7 +41,12 @@ def test_bench_bundle_report(bundle_and_key, tmp_path, capsys):
         "recommend end to end",
     ):
         assert e["recommend"][stage]["p50_ms"] > 0
-    assert e["search"]["encode (int8 ONNX)"]["p50_ms"] > 0
+    enc = rep["encoder"]
+    assert e["search"][f"encode ({enc['precision']} ONNX)"]["p50_ms"] > 0
+    # rpi5 has no GPU providers: the bundle's encoder on the CPU, and the profile says every node ran there
+    assert enc["file"] == "encoder.onnx" and enc["fallback_reason"] is None
+    assert set(enc["profile"]["by_provider"]) == {"CPUExecutionProvider"}
+    assert {"Gather", "ReduceSum", "Div"} <= set(enc["profile"]["by_op"])
     assert e["naive"].startswith("not available")
     assert e["baselines"]["numpy fp32 scan (matmul + argpartition)"]["p50_ms"] > 0
     assert e["baselines"]["encode (fp32 ONNX student, baselines)"].startswith("not available")
@@ -51,5 +56,6 @@ def test_bench_bundle_report(bundle_and_key, tmp_path, capsys):
     assert expected in rep["board"]["this_machine"]
     md = (tmp_path / "b.md").read_text()
     assert "recommend end to end" in md and "rpi5" in md
+    assert "Text encoder: which provider ran what" in md and "| Gather | CPUExecutionProvider |" in md
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()

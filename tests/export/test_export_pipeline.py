@@ -43,7 +43,9 @@ def exported(tmp_path_factory, tiny_shop, tiny_bert, key):
     from shelfrank.export.pipeline import Preset, run_export
 
     out = tmp_path_factory.mktemp("export") / "bundle"
-    res = run_export(tiny_shop, out, key=key, preset=Preset(**TINY), teacher=tiny_bert, parity_thresholds=(0.9, 0.5))
+    res = run_export(
+        tiny_shop, out, key=key, preset=Preset(**TINY), teacher=tiny_bert, parity_thresholds=(0.9, 0.5), fp16=True
+    )
     return res
 
 
@@ -61,6 +63,7 @@ def test_bundle_layout_and_manifest(exported, tiny_shop):
         "catalog/scale.f32.npy",
         "quality.json",
         "quality.md",
+        "encoder_fp16.onnx",
     ):
         assert (out / rel).is_file(), rel
     m = bfmt.verify_bundle(out)
@@ -89,6 +92,43 @@ def test_bundle_layout_and_manifest(exported, tiny_shop):
     assert not Path(str(out) + ".work").joinpath("nothing").exists()
 
 
+def test_fp16_encoder_is_written_gated_and_declared(exported, tiny_shop, tmp_path):
+    """--fp16: the student as a float16 graph (float32 I/O), parity-gated, in the manifest, and the
+    bundle opens on a board whose GPU providers can run it (the CPU provider stands in here)."""
+    import onnx
+
+    from shelfrank.device import Recommender
+    from shelfrank.device.encoder import TextEncoder
+    from shelfrank.device.text import item_text
+    from shelfrank.testing import write_cpu_as_gpu_board
+
+    out = exported.out
+    m = bfmt.verify_bundle(out)
+    entry = m["encoders"]["fp16"]
+    assert entry["file"] == "encoder_fp16.onnx" and m["files"]["encoder_fp16.onnx"] == entry["sha256"]
+    graph = onnx.load(str(out / "encoder_fp16.onnx")).graph
+    assert [i.type.tensor_type.elem_type for i in graph.input] == [onnx.TensorProto.INT64] * 2
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
+    q = json.loads((out / "quality.json").read_text())["parity_fp16"]
+    assert q["vs_fp32"]["mean_cos"] >= 0.99 and q["vs_fp32"]["top10_overlap"] >= 0.9
+    assert q["vs_int8"]["mean_cos"] >= 0.9 and entry["parity"]["vs_int8"] == {
+        k: q["vs_int8"][k] for k in ("mean_cos", "min_cos", "top10_overlap", "texts")
+    }
+    assert "fp16 encoder for GPU providers" in (out / "quality.md").read_text()
+    texts = [item_text(tiny_shop.catalog.record(i)) for i in range(8)]
+    e16 = TextEncoder(out / "encoder_fp16.onnx", out / "tokenizer.json", max_len=m["model"]["max_len"]).encode(texts)
+    e8 = TextEncoder(out / "encoder.onnx", out / "tokenizer.json", max_len=m["model"]["max_len"]).encode(texts)
+    assert e16.dtype == np.float32 and float(np.min((e16 * e8).sum(1))) > 0.9
+    board = write_cpu_as_gpu_board(tmp_path / "board.toml")
+    rec = Recommender.open(out, board=str(board), state_dir=tmp_path / "state")
+    try:
+        assert rec.search(tiny_shop.catalog.titles[0], k=5)
+        assert rec.encoder_info["file"] == "encoder_fp16.onnx" and rec.encoder_info["fallback_reason"] is None
+    finally:
+        rec.close()
+
+
 def test_bundle_encoder_matches_catalog_rows(exported, tiny_shop):
     """The int8 encoder in the bundle, run on the device side, reproduces the catalog's text rows."""
     from shelfrank.device.encoder import TextEncoder
@@ -106,6 +146,7 @@ def test_bundle_encoder_matches_catalog_rows(exported, tiny_shop):
     "rel",
     [
         "encoder.onnx",
+        "encoder_fp16.onnx",
         "tokenizer.json",
         "user_tower.onnx",
         "catalog/items.sqlite",
@@ -149,3 +190,12 @@ def test_teacher_that_is_not_bert_is_refused(tmp_path):
         load_teacher(tmp_path)
     with pytest.raises(ExportValidationError, match=r"no config\.json"):
         load_teacher(tmp_path / "nowhere")
+
+
+def test_fp16_parity_gate_names_the_fp16_encoder():
+    from shelfrank.export.onnx_export import parity_gate
+
+    figures = {"mean_cos": 0.95, "min_cos": 0.9, "top10_overlap": 0.97, "texts": 10}
+    with pytest.raises(ParityError, match=r"^fp16 encoder \(against the fp32 student\) fails the parity gate"):
+        parity_gate(figures, what="fp16 encoder (against the fp32 student)")
+    parity_gate(figures, min_cos=0.9, what="fp16 encoder")  # passes: nothing raised
