@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -54,41 +53,58 @@ class Catalog:
         if not np.isfinite(self.scales).all():
             raise BundleError(f"{root / 'scale.f32.npy'}: NaN or inf scales")
         n = self.rows.shape[0]
-        # Only what every query needs stays in Python objects (ids, filter codes, prices, stock,
-        # popularity); titles and the rest are read from SQLite for the k results of a query.
-        # At 100k items this keeps ~25 MB of strings out of the process.
+        # Everything a query returns is held in compact columns read once from SQLite: no Python
+        # object per item but the id (the id -> row dict needs it), titles in one UTF-8 blob with
+        # offsets (~3 MB at 100k demo items), category/brand as codes into small vocabularies.
+        # Queries never touch SQLite: a result costs a few memory reads, not a B-tree walk through
+        # pages the row scan has just pushed out of the caches.
+        self.item_ids: list[str] = []
+        price, stock, pop = array("d"), array("b"), array("f")
+        cat_codes, brand_codes, title_ends = array("i"), array("i"), array("q")
+        titles = bytearray()
+        self._cat_vocab: dict[str, int] = {}
+        self._brand_vocab: dict[str, int] = {}
         try:
-            self._con = sqlite3.connect(
-                f"file:{root / 'items.sqlite'}?mode=ro&immutable=1", uri=True, check_same_thread=False
-            )
-            cursor = self._con.execute(
-                "SELECT row, item_id, category, brand, price, in_stock, popularity FROM items ORDER BY row"
-            )
-            # streamed into compact columns: no per-row tuples or duplicate strings stay alive
-            self.item_ids: list[str] = []
-            price, stock, pop = array("d"), array("b"), array("f")
-            cat_codes, brand_codes = array("i"), array("i")
-            self._cat_vocab: dict[str, int] = {}
-            self._brand_vocab: dict[str, int] = {}
-            for expected, (row, item_id, category, brand, p, in_stock, popularity) in enumerate(cursor):
-                if row != expected:
-                    raise BundleError(f"{root / 'items.sqlite'}: row numbers are not 0..N-1 (row {row})")
-                self.item_ids.append(item_id)
-                cat_codes.append(-1 if category is None else self._cat_vocab.setdefault(category, len(self._cat_vocab)))
-                brand_codes.append(-1 if brand is None else self._brand_vocab.setdefault(brand, len(self._brand_vocab)))
-                price.append(np.nan if p is None else p)
-                stock.append(1 if in_stock else 0)
-                pop.append(popularity)
+            con = sqlite3.connect(f"file:{root / 'items.sqlite'}?mode=ro&immutable=1", uri=True)
+            try:
+                cursor = con.execute(
+                    "SELECT row, item_id, title, category, brand, price, in_stock, popularity FROM items ORDER BY row"
+                )
+                for expected, (row, item_id, title, category, brand, p, in_stock, popularity) in enumerate(cursor):
+                    if row != expected:
+                        raise BundleError(f"{root / 'items.sqlite'}: row numbers are not 0..N-1 (row {row})")
+                    self.item_ids.append(item_id)
+                    titles += title.encode()
+                    title_ends.append(len(titles))
+                    cat_codes.append(
+                        -1 if category is None else self._cat_vocab.setdefault(category, len(self._cat_vocab))
+                    )
+                    brand_codes.append(
+                        -1 if brand is None else self._brand_vocab.setdefault(brand, len(self._brand_vocab))
+                    )
+                    price.append(np.nan if p is None else p)
+                    stock.append(1 if in_stock else 0)
+                    pop.append(popularity)
+            finally:
+                con.close()
         except sqlite3.Error as e:
             raise BundleError(f"{root / 'items.sqlite'}: unreadable item table: {e}") from e
         if len(self.item_ids) != n:
             raise BundleError(f"{root / 'items.sqlite'}: {len(self.item_ids)} items for {n} embedding rows")
-        self._db_lock = threading.Lock()
-        self.price = np.frombuffer(price, np.float64).copy()
+        self._titles = bytes(titles)
+        self._title_ends = title_ends  # array('q'): indexing gives Python ints directly
+        self._cat_names = [None, *self._cat_vocab]  # code + 1 -> name
+        self._brand_names = [None, *self._brand_vocab]
+        self._cat_code_list, self._brand_code_list = cat_codes, brand_codes
+        self._price_list = price
+        # numpy views share the arrays' memory (the arrays are never resized after this)
+        self.price = np.frombuffer(price, np.float64)
         self.in_stock = np.frombuffer(stock, np.int8).astype(bool)
-        self.popularity = np.frombuffer(pop, np.float32).copy()
-        self._cat_codes = np.frombuffer(cat_codes, np.int32).copy()
-        self._brand_codes = np.frombuffer(brand_codes, np.int32).copy()
+        self.popularity = np.frombuffer(pop, np.float32)
+        self._cat_codes = np.frombuffer(cat_codes, np.int32)
+        self._brand_codes = np.frombuffer(brand_codes, np.int32)
+        for a in (self.price, self.in_stock, self.popularity, self._cat_codes, self._brand_codes):
+            a.flags.writeable = False
         self.index = {item_id: i for i, item_id in enumerate(self.item_ids)}
 
     def __len__(self) -> int:
@@ -102,33 +118,24 @@ class Catalog:
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """Dequantised rows (float32): int8 × per-row scale."""
-        return self.rows[rows].astype(np.float32) * self.scales[rows, None]
+        return np.multiply(self.rows[rows], self.scales[rows, None], dtype=np.float32)
 
     def items(self, rows: list[int], scores: list[float]) -> list[Item]:
-        """Result records for catalog rows (one SQLite read for all of them)."""
-        if not rows:
-            return []
-        marks = ",".join("?" * len(rows))
-        with self._db_lock:
-            meta = {
-                r[0]: r[1:]
-                for r in self._con.execute(
-                    f"SELECT row, title, category, brand FROM items WHERE row IN ({marks})", [int(r) for r in rows]
-                )
-            }
+        """Result records for catalog rows (from memory; no I/O)."""
         out = []
+        ends, blob, stock, price = self._title_ends, self._titles, self.in_stock, self._price_list
         for row, score in zip(rows, scores):
-            title, category, brand = meta[int(row)]
-            price = float(self.price[row])
+            row = int(row)
+            p = price[row]
             out.append(
                 Item(
                     self.item_ids[row],
                     float(score),
-                    title,
-                    category,
-                    brand,
-                    None if np.isnan(price) else price,
-                    bool(self.in_stock[row]),
+                    blob[ends[row - 1] if row else 0 : ends[row]].decode(),
+                    self._cat_names[self._cat_code_list[row] + 1],
+                    self._brand_names[self._brand_code_list[row] + 1],
+                    None if p != p else p,
+                    bool(stock[row]),
                 )
             )
         return out

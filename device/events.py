@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +26,15 @@ class Event:
 
 
 class EventStore:
-    """Bounded per-user event history. Thread-safe: one connection guarded by a lock."""
+    """Bounded per-user event history. Thread-safe: one connection guarded by a lock.
 
-    def __init__(self, path: str | Path, *, max_history: int = 200) -> None:
+    The histories of the most recently active users (``cache_users``) are also kept in memory,
+    written through by ``record``/``forget``, so a query after an event reads no SQLite. Like the
+    generation counter, the cache knows this process's writes only: one process owns a state
+    folder's events (the library or ``shelfrank serve``).
+    """
+
+    def __init__(self, path: str | Path, *, max_history: int = 200, cache_users: int = 1024) -> None:
         if max_history < 1:
             raise InputError("max_history must be >= 1")
         self.path = Path(path)
@@ -44,6 +51,8 @@ class EventStore:
         )
         self._con.execute("CREATE INDEX IF NOT EXISTS events_user ON events (user_id, seq)")
         self._generation: dict[str, int] = {}
+        self._recent: OrderedDict[str, list[Event]] = OrderedDict()  # user -> history, oldest first
+        self._cache_users = int(cache_users)
 
     def record(self, user_id: str, item_id: str, action: str, ts: float | None = None) -> None:
         _check_user(user_id)
@@ -70,16 +79,27 @@ class EventStore:
                 self._con.execute("ROLLBACK")
                 raise
             self._generation[user_id] = self._generation.get(user_id, 0) + 1
+            cached = self._recent.get(user_id)
+            if cached is not None:  # a new list: callers may hold the old one
+                self._recent[user_id] = [*cached[-(self.max_history - 1) :], Event(item_id, action, float(ts))]
 
     def history(self, user_id: str, limit: int | None = None) -> list[Event]:
-        """Events oldest first (the newest ``limit`` when given)."""
+        """Events oldest first (the newest ``limit`` when given). Treat the list as read-only."""
         _check_user(user_id)
         with self._lock:
-            rows = self._con.execute(
-                "SELECT item_id, action, ts FROM events WHERE user_id = ? ORDER BY seq DESC LIMIT ?",
-                (user_id, -1 if limit is None else int(limit)),
-            ).fetchall()
-        return [Event(i, ACTIONS[a], t) for i, a, t in reversed(rows)]
+            events = self._recent.get(user_id)
+            if events is None:
+                rows = self._con.execute(
+                    "SELECT item_id, action, ts FROM events WHERE user_id = ? ORDER BY seq DESC LIMIT ?",
+                    (user_id, self.max_history),
+                ).fetchall()
+                events = [Event(i, ACTIONS[a], t) for i, a, t in reversed(rows)]
+                self._recent[user_id] = events
+                if len(self._recent) > self._cache_users:
+                    self._recent.popitem(last=False)
+            else:
+                self._recent.move_to_end(user_id)
+        return events if limit is None or len(events) <= limit else events[len(events) - int(limit) :]
 
     def generation(self, user_id: str) -> int:
         """Changes each time the user's history changes (cache key for the user vector)."""
@@ -93,6 +113,7 @@ class EventStore:
             n = self._con.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
             self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._generation[user_id] = self._generation.get(user_id, 0) + 1
+            self._recent.pop(user_id, None)
         return n
 
     def close(self) -> None:

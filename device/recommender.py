@@ -20,7 +20,7 @@ import numpy as np
 
 from shelfrank.device import bundle as bfmt
 from shelfrank.device.catalog import Catalog, Item
-from shelfrank.device.encoder import TextEncoder, make_session
+from shelfrank.device.encoder import TextEncoder, make_session, open_text_encoder, provider_names
 from shelfrank.device.events import Event, EventStore
 from shelfrank.device.history import collapse, tower_inputs
 from shelfrank.device.kernel import topk
@@ -59,10 +59,16 @@ class Recommender:
         threads: int = 1,
         providers: list | None = None,
         max_history: int = 200,
+        gpu_providers: list | None = None,
     ) -> None:
         self.bundle, self.manifest, self.state_dir = bundle, manifest, state_dir
         self.public_key = public_key  # the publisher key the bundle verified with; catalog indexes too
         self.threads, self.providers = threads, providers
+        self.gpu_providers = gpu_providers  # the board's: the text encoder's fp16 path (open_text_encoder)
+        self._encoder_info: dict[str, Any] | None = None
+        # loading the encoder may take minutes (a TensorRT engine build): never under self._lock,
+        # which recommend() takes
+        self._encoder_lock = threading.Lock()
         model = manifest["model"]
         self.dim = int(model["dim"])
         self.catalog = self._newest_catalog()
@@ -111,12 +117,20 @@ class Recommender:
             logger.warning("%s: no trusted publisher key pinned; trusting the bundle's own key (unpinned)", bundle)
         trusted = bfmt.load_public_key(key if key is not None else bundle / bfmt.PUBLIC_KEY)
         manifest = bfmt.verify_bundle(bundle.resolve(), public_key=trusted)
-        n_threads, providers = 1, None
+        n_threads, providers, gpu_providers = 1, None, None
         if board is not None:
-            n_threads, providers = _board_settings(board)
+            n_threads, providers, gpu_providers = _board_settings(board)
         if threads is not None:
             n_threads = int(threads)
-        return cls(bundle.resolve(), manifest, state, trusted, threads=n_threads, providers=providers)
+        return cls(
+            bundle.resolve(),
+            manifest,
+            state,
+            trusted,
+            threads=n_threads,
+            providers=providers,
+            gpu_providers=gpu_providers,
+        )
 
     # ---- the catalog ----------------------------------------------------------------------------
 
@@ -140,6 +154,42 @@ class Recommender:
         with self._lock:
             self.catalog = new  # one reference swap: a query already running keeps its catalog
 
+    _synced_link: str | None = None  # the state folder's catalog/current target last looked at
+
+    def refresh(self) -> bool:
+        """Serve a newer catalog that another process (``shelfrank sync``) installed into the state folder.
+
+        Cheap when nothing changed (one ``readlink``); safe to call from several threads. Returns
+        True when it swapped the catalog in.
+        """
+        from shelfrank.device.sync import CatalogStore
+
+        store = CatalogStore(self.state_dir)
+        try:
+            link = os.readlink(store.root / "current")
+        except OSError:
+            return False
+        if link == self._synced_link:
+            return False
+        synced = store.current()
+        if synced is None:
+            return False
+        self._synced_link = link
+        version, path, meta = synced
+        if version <= self.catalog.version or meta.get("model_sha256") != self.manifest["model"]["sha256"]:
+            return False
+        try:
+            new = Catalog(path, version=version, dim=self.dim)
+        except BundleError as e:
+            logger.warning("synced catalog %s unusable (%s); keeps serving version %d", path, e, self.catalog.version)
+            return False
+        with self._lock:
+            if new.version <= self.catalog.version:  # another thread got there first
+                return False
+            self.catalog = new
+        logger.info("serving catalog version %d (installed by another process)", version)
+        return True
+
     def sync(self, url_or_dir: str | Path):
         """Fetch and apply the publisher's newest catalog (``shelfrank.device.sync.sync``)."""
         from shelfrank.device.sync import sync
@@ -159,7 +209,7 @@ class Recommender:
         self.events.record(user_id, item_id, action, ts)
 
     def history(self, user_id: str) -> list[Event]:
-        return self.events.history(user_id)
+        return list(self.events.history(user_id))  # a copy: the store's list is its cache
 
     def forget(self, user_id: str) -> None:
         self.events.forget(user_id)
@@ -194,23 +244,46 @@ class Recommender:
             feeds = {"item_vecs": cat.vectors(rows[0])[None], "actions": acts, "mask": mask}
             (u,) = self._tower.run(["user"], feeds)
             vec = np.ascontiguousarray(u[0], np.float32)
-            if not np.isfinite(vec).all():
+            if not np.isfinite(vec.sum()):  # one reduction: NaN or inf anywhere makes the sum non-finite
                 raise BundleError(f"{self.bundle}: the user tower produced NaN/inf")
         with self._lock:
             self._cache[user_id] = (gen, cat.version, vec)
         return vec
 
-    def _rank(self, cat: Catalog, query: np.ndarray | None, k: int, mask: np.ndarray | None) -> list[Item]:
+    def _rank(
+        self,
+        cat: Catalog,
+        query: np.ndarray | None,
+        k: int,
+        mask: np.ndarray | None,
+        skip: frozenset[int] = frozenset(),
+    ) -> list[Item]:
+        """The k best rows for ``query`` among those ``mask`` allows, leaving out the rows in ``skip``.
+
+        ``skip`` (a shopper's seen items) is applied by asking the kernel for k + len(skip) rows and
+        dropping them: the same result as masking them (ties keep their row order) without building
+        a catalog-sized mask on every call.
+        """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")
         if query is None:  # cold start: the bundle's popularity
+            if skip:
+                mask = np.ones(len(cat), bool) if mask is None else mask.copy()
+                mask[list(skip)] = False
             pop = np.where(mask, cat.popularity, -np.inf) if mask is not None else cat.popularity
             order = np.lexsort((np.arange(len(cat)), -pop))[:k]
             keep = [int(r) for r in order if np.isfinite(pop[r])]
             return cat.items(keep, [float(pop[r]) for r in keep])
-        ids, scores = topk(query, cat.rows, k, scales=cat.scales, mask=mask, threads=self.threads)
-        found = ids >= 0
-        return cat.items(ids[found].tolist(), scores[found].tolist())
+        want = min(k + len(skip), len(cat))
+        ids, scores = topk(query, cat.rows, want, scales=cat.scales, mask=mask, threads=self.threads)
+        rows, kept = [], []
+        for r, s in zip(ids.tolist(), scores.tolist()):
+            if r >= 0 and r not in skip:
+                rows.append(r)
+                kept.append(s)
+                if len(rows) == k:
+                    break
+        return cat.items(rows, kept)
 
     def recommend(
         self, user_id: str, k: int = 10, *, exclude_seen: bool = True, where: Mapping[str, Any] | None = None
@@ -219,22 +292,16 @@ class Recommender:
         cat = self.catalog  # one consistent catalog for the whole call
         mask = cat.mask(where)
         gen = self.events.generation(user_id)
-        events = self.events.history(user_id)  # read once: for the seen mask and the user vector
-        if exclude_seen:
-            seen = [cat.index[e.item_id] for e in events if e.item_id in cat.index]
-            if seen:
-                mask = np.ones(len(cat), bool) if mask is None else mask
-                mask[seen] = False
-        return self._rank(cat, self.user_vector(user_id, cat, (gen, events)), k, mask)
+        events = self.events.history(user_id)  # read once: for the seen rows and the user vector
+        index = cat.index
+        seen = frozenset(index[e.item_id] for e in events if e.item_id in index) if exclude_seen else frozenset()
+        return self._rank(cat, self.user_vector(user_id, cat, (gen, events)), k, mask, seen)
 
     def similar(self, item_id: str, k: int = 10, *, where: Mapping[str, Any] | None = None) -> list[Item]:
         """Items closest to ``item_id`` (never the item itself)."""
         cat = self.catalog  # one consistent catalog for the whole call
         row = cat.row(item_id)
-        mask = cat.mask(where)
-        mask = np.ones(len(cat), bool) if mask is None else mask
-        mask[row] = False
-        return self._rank(cat, cat.vectors(np.array([row]))[0], k, mask)
+        return self._rank(cat, cat.vectors(np.array([row]))[0], k, cat.mask(where), frozenset((row,)))
 
     def search(self, text: str, k: int = 10, *, where: Mapping[str, Any] | None = None) -> list[Item]:
         """Items matching a free-text query, embedded on the device with the bundle's encoder."""
@@ -246,24 +313,32 @@ class Recommender:
 
     @property
     def encoder(self) -> TextEncoder:
-        with self._lock:
+        with self._encoder_lock:
             if self._encoder is None:
-                m = self.manifest["model"]
-                self._encoder = TextEncoder(
-                    self.bundle / m["file"],
-                    self.bundle / self.manifest["tokenizer"]["file"],
-                    max_len=int(m["max_len"]),
+                self._encoder, self._encoder_info = open_text_encoder(
+                    self.bundle,
+                    self.manifest,
                     threads=self.threads,
                     providers=self.providers,
+                    gpu_providers=self.gpu_providers,
                 )
             return self._encoder
+
+    @property
+    def encoder_info(self) -> dict[str, Any]:
+        """Which text encoder runs and on which providers (``open_text_encoder``'s record, with
+        ``fallback_reason``); ``{"loaded": False, …}`` until the first ``search`` loads it."""
+        info = self._encoder_info
+        if info is None:
+            return {"loaded": False, "gpu_providers": provider_names(self.gpu_providers or [])}
+        return {"loaded": True, **info}
 
     def close(self) -> None:
         self.events.close()
 
 
-def _board_settings(board: str) -> tuple[int, list | None]:
+def _board_settings(board: str) -> tuple[int, list | None, list | None]:
     from shelfrank.device.boards import load_board
 
     cfg = load_board(board)
-    return cfg.threads, cfg.ort_providers()
+    return cfg.threads, cfg.ort_providers(), cfg.gpu_ort_providers()

@@ -236,3 +236,86 @@ def test_nan_rows_in_catalog_are_refused(bundle_copy, tmp_path):
     bfmt.sign_bundle(bundle_copy, m, bfmt.load_private_key(key))
     with pytest.raises(BundleError, match="NaN or inf scales"):
         Recommender.open(bundle_copy, public_key=tmp_path / "k.pub", state_dir=tmp_path / "s")
+
+
+def test_history_cache_matches_the_database(bundle_and_key, tmp_path, item_ids):
+    """The in-memory histories (written through by record/forget, LRU over users) always equal
+    what a fresh reader of the database sees, with users evicted and re-read along the way."""
+    from shelfrank.device.events import EventStore
+    from shelfrank.device.text import ACTIONS
+
+    bundle, pub = bundle_and_key
+    r = Recommender.open(bundle, public_key=pub, state_dir=tmp_path / "s")
+    r.events._cache_users, r.events.max_history = 2, 4
+    rng = np.random.default_rng(0)
+    users = ["a", "b", "c"]
+    for step in range(80):
+        u = users[rng.integers(3)]
+        if rng.random() < 0.1:
+            r.forget(u)
+        else:
+            r.record(u, item_ids[rng.integers(len(item_ids))], ACTIONS[rng.integers(4)], ts=float(step))
+        r.history(users[rng.integers(3)])  # fills and reorders the cache
+        fresh = EventStore(tmp_path / "s" / "events.sqlite", max_history=4)
+        try:
+            for w in [u, *reversed(r.events._recent), *users]:  # cached users first: hits are checked
+                assert r.history(w) == fresh.history(w), (step, w)
+                assert r.events.history(w, limit=2) == fresh.history(w)[-2:]
+        finally:
+            fresh.close()
+        assert len(r.events._recent) <= 2
+    mine = r.history("a")
+    mine.clear()  # the caller's copy: the store's cache is untouched
+    assert r.history("a") == r.events.history("a")
+    r.close()
+
+
+@pytest.mark.parametrize("where", [None, {"in_stock": True}])
+def test_exclude_seen_equals_masking_every_seen_row(rec, item_ids, where):
+    """Seen items are dropped from an over-fetched top-k: the same items and scores as a kernel
+    mask over every seen row, also with more seen items than k."""
+    from shelfrank.device.kernel import topk
+
+    seen = item_ids[::7][:30]
+    for i, item in enumerate(seen):
+        rec.record("s", item, ("view", "click", "cart", "purchase")[i % 4])
+    cat = rec.catalog
+    mask = np.ones(len(cat), bool) if where is None else cat.mask(where)
+    mask[[cat.index[i] for i in seen]] = False
+    for k in (1, 10, 40):
+        ids, scores = topk(rec.user_vector("s"), cat.rows, k, scales=cat.scales, mask=mask)
+        got = rec.recommend("s", k=k, where=where)
+        assert [g.item_id for g in got] == [cat.item_ids[i] for i in ids if i >= 0]
+        assert [g.score for g in got] == pytest.approx(scores[ids >= 0].tolist())
+
+
+def test_result_records_come_from_the_item_table(tmp_path):
+    """Titles, categories, brands, prices and stock served from memory equal the SQLite table,
+    multi-byte titles, missing categories and unknown prices included."""
+    import sqlite3
+
+    from shelfrank.device.catalog import Catalog
+    from shelfrank.device.catalog_files import CatalogData, write_catalog_dir
+
+    rng = np.random.default_rng(1)
+    items = [
+        {
+            "item_id": f"id-{i}",
+            "title": ["Café crème ☕", "", "plain", "日本語のタイトル"][i % 4] + f" {i}",
+            "category": None if i % 3 == 0 else f"cat{i % 5}",
+            "brand": None if i % 4 == 1 else f"brand{i % 2}",
+            "price": None if i % 5 == 0 else float(i) / 3,
+            "in_stock": bool(i % 2),
+            "popularity": float(i),
+        }
+        for i in range(50)
+    ]
+    rows = rng.integers(-127, 128, (50, 8)).astype(np.int8)
+    write_catalog_dir(tmp_path / "c", CatalogData(items, rows, np.ones(50, np.float32)), fsync=False)
+    cat = Catalog(tmp_path / "c", version=1, dim=8)
+    con = sqlite3.connect(tmp_path / "c" / "items.sqlite")
+    table = con.execute("SELECT row, item_id, title, category, brand, price, in_stock FROM items ORDER BY row")
+    for row, *want in table:
+        it = cat.item(row)
+        assert [it.item_id, it.title, it.category, it.brand, it.price, it.in_stock] == [*want[:5], bool(want[5])]
+    con.close()
