@@ -1,0 +1,169 @@
+"""A real server for the service tests: the tiny signed bundle (no torch), the service started in
+this process on 127.0.0.1:0 and a Unix socket, and a small HTTP client (http.client over TCP or
+AF_UNIX, keep-alive). ``SHELFRANK_TEST_BUNDLE`` replaces the bundle, as in tests/device."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from shelfrank.device import Recommender
+from shelfrank.device.serve import Service, start
+from shelfrank.testing import build_device_bundle
+
+NEW_ITEM = dict(
+    item_id="NEW-1",
+    title="Aurora Quantum Espresso Grinder",
+    category="Kitchen",
+    brand="Aurora",
+    price=99.0,
+    in_stock=True,
+)
+
+
+@pytest.fixture(scope="session")
+def bundle_and_key(tmp_path_factory) -> tuple[Path, Path | None]:
+    env = os.environ.get("SHELFRANK_TEST_BUNDLE")
+    if env:
+        pub = Path(env + ".pub")
+        return Path(env), pub if pub.exists() else None
+    return build_device_bundle(tmp_path_factory.mktemp("serve-bundle"))
+
+
+@pytest.fixture(scope="session")
+def published(tmp_path_factory):
+    """Its own bundle and a publish folder holding catalog version 2 (every item plus NEW-1)."""
+    from shelfrank.device import bundle as bfmt
+    from shelfrank.export.data import Catalog
+    from shelfrank.export.publish import publish
+
+    root = tmp_path_factory.mktemp("serve-sync")
+    bundle, pub = build_device_bundle(root, n_items=120, seed=9)
+    rec = Recommender.open(bundle, public_key=pub, state_dir=root / "s0")
+    items = [rec.catalog.item(i) for i in range(len(rec.catalog))]
+    rec.close()
+    recs = [
+        dict(item_id=r.item_id, title=r.title, category=r.category, brand=r.brand, price=r.price, in_stock=r.in_stock)
+        for r in items
+    ] + [NEW_ITEM]
+    cat = Catalog(
+        [r["item_id"] for r in recs],
+        [r["title"] for r in recs],
+        [r["category"] for r in recs],
+        [r["brand"] for r in recs],
+        np.array([np.nan if r["price"] is None else r["price"] for r in recs]),
+        np.array([r["in_stock"] for r in recs], bool),
+    )
+    out = root / "cdn"
+    publish(bundle, out, cat, key=bfmt.load_private_key(root / "keys" / "publisher.key"))
+    return dict(bundle=bundle, pub=pub, dir=out)
+
+
+@pytest.fixture()
+def sock_dir():
+    """A short folder for Unix sockets (a socket path must fit in 108 bytes; tmp_path may not)."""
+    d = tempfile.mkdtemp(prefix="sr-", dir="/tmp")
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture()
+def rec(bundle_and_key, tmp_path):
+    bundle, pub = bundle_and_key
+    r = Recommender.open(bundle, public_key=pub, state_dir=tmp_path / "state")
+    yield r
+    r.close()
+
+
+@pytest.fixture()
+def served(rec, sock_dir):
+    """(service, servers): the service on 127.0.0.1:<free port> and on a Unix socket."""
+    service = Service(rec, board=None)
+    servers = start(service, host="127.0.0.1", port=0, unix=sock_dir / "s.sock")
+    yield service, servers
+    servers.close()
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 30.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.unix_path)
+        self.sock = s
+
+
+class Client:
+    """One keep-alive connection; ``call`` returns (status, parsed JSON or None, headers)."""
+
+    def __init__(self, tcp: tuple[str, int] | None = None, unix: str | None = None) -> None:
+        self.conn = UnixHTTPConnection(unix) if unix else http.client.HTTPConnection(*tcp, timeout=30)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any, http.client.HTTPMessage]:
+        hdrs = dict(headers or {})
+        data = raw  # sent as it is, with only the headers given
+        if body is not None:
+            data = json.dumps(body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        self.conn.request(method, path, body=data, headers=hdrs)
+        r = self.conn.getresponse()
+        payload = r.read()
+        doc = json.loads(payload) if payload and method != "HEAD" else None
+        return r.status, doc, r.headers
+
+    def post(self, path: str, body: Any) -> tuple[int, Any]:
+        status, doc, _ = self.call("POST", path, body)
+        return status, doc
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.fixture(params=["tcp", "unix"])
+def client(request, served):
+    _, servers = served
+    c = Client(tcp=servers.tcp_address) if request.param == "tcp" else Client(unix=servers.unix_path)
+    yield c
+    c.close()
+
+
+@pytest.fixture()
+def tcp_client(served):
+    c = Client(tcp=served[1].tcp_address)
+    yield c
+    c.close()
+
+
+def raw_exchange(address: tuple[str, int], data: bytes, *, timeout: float = 10.0) -> bytes:
+    """Send raw bytes, read until the server closes the connection (for framing errors)."""
+    with socket.create_connection(address, timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        while block := s.recv(65536):
+            chunks.append(block)
+    return b"".join(chunks)
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for a ``python -m shelfrank.cli`` child (unbuffered: its address line comes at once)."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}

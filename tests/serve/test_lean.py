@@ -1,0 +1,35 @@
+"""The service stays lean: on top of the runtime it imports only the standard library."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+CODE = """
+import json, sys
+import shelfrank.device
+before = set(sys.modules)
+import shelfrank.device.serve
+added = sorted({m.split('.')[0] for m in set(sys.modules) - before})
+heavy = sorted(m for m in ('torch', 'transformers', 'optimum', 'onnx') if m in sys.modules)
+print(json.dumps({'added': added, 'stdlib': sorted(sys.stdlib_module_names), 'heavy': heavy}))
+"""
+
+
+def test_serve_adds_only_standard_library_modules():
+    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=120, check=True)
+    doc = json.loads(out.stdout)
+    assert doc["heavy"] == []
+    third_party = [m for m in doc["added"] if m not in doc["stdlib"] and m != "shelfrank"]
+    assert third_party == [], third_party
+    assert "http" in doc["added"]  # the check sees what serve brings in
+
+
+def test_the_cli_serve_path_does_not_import_the_export_stage():
+    code = (
+        "import sys; from shelfrank.cli import build_parser; import shelfrank.device.serve; "
+        "print(sorted(m for m in sys.modules if m.startswith(('shelfrank.export', 'torch', 'transformers'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
