@@ -8,7 +8,7 @@ demo:
 	scripts/demo.sh
 
 test:
-	scripts/setup.sh --system --export
+	scripts/setup.sh --system --export --wheelhouse
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/pytest

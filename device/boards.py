@@ -59,6 +59,30 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], bool, Any, str]] = {
     "install_prefix": (str, True, lambda v: v.startswith("/"), "where flash installs (absolute)"),
     "service_user": (str, True, None, "the user the service runs as"),
     "python": (str, True, None, "the target's python for the health check"),
+    "serve_port": (
+        int,
+        False,
+        lambda v: 1 <= v <= 65535,
+        "TCP port on 127.0.0.1 for the service (`shelfrank serve`; also on /run/shelfrank/serve.sock)",
+    ),
+    "sync_url": (
+        str,
+        False,
+        lambda v: v == "" or v.startswith(("http://", "https://", "/")),
+        "published catalog the sync timer fetches (http(s):// URL or absolute directory); empty: no timer",
+    ),
+    "sync_schedule": (
+        str,
+        False,
+        lambda v: bool(v.strip()) and v.isprintable() and len(v) <= 200,
+        "when the sync timer runs: a systemd OnCalendar expression (`systemd-analyze calendar` checks it)",
+    ),
+    "sync_random_delay_s": (
+        int,
+        False,
+        lambda v: 0 <= v <= 86400,
+        "random delay added to each sync run (RandomizedDelaySec), so a fleet does not fetch at once",
+    ),
     "notes": (str, False, None, "anything a user should know"),
 }
 
@@ -79,12 +103,20 @@ class BoardConfig:
     python: str
     provider_options: dict[str, dict] = field(default_factory=dict)
     gpu_providers: list[str] = field(default_factory=list)
+    serve_port: int = 8377
+    sync_url: str = ""
+    sync_schedule: str = "hourly"
+    sync_random_delay_s: int = 900
     notes: str = ""
     source: str = ""
 
     def ort_providers(self) -> list:
         """The providers list for onnxruntime, with options where the config gives them."""
         return [(p, self.provider_options[p]) if p in self.provider_options else p for p in self.providers]
+
+    def gpu_ort_providers(self) -> list:
+        """``gpu_providers`` for onnxruntime, with their options: the bundle's fp16 encoder runs under these."""
+        return [(p, self.provider_options[p]) if p in self.provider_options else p for p in self.gpu_providers]
 
 
 def validate(data: dict[str, Any], where: str) -> BoardConfig:

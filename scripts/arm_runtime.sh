@@ -8,6 +8,7 @@
 #                                     (root ~25-80 s, network bound), cached ~2 min (the two
 #                                     emulated pytest runs ~1 min each, parity 10 s)
 #   scripts/arm_runtime.sh STEP...    root wheels module site bundle test-a72 test-a76 parity
+#                                     sr-wheels install-runtime
 #   ARM_KEEP_GOING=1 scripts/...      run every later step even when a test step failed
 # Steps:
 #   root      debootstrap --foreign --arch=arm64 --variant=minbase bookworm build/arm64-root (the
@@ -28,6 +29,13 @@
 #   test-a72  pytest tests/native/test_topk.py tests/device under qemu -cpu cortex-a72 (Pi 4):
 #             active_isa() must be neon; test-a76: -cpu cortex-a76 (dotprod): neon_dot
 #   parity    scripts/arm/parity.py on x86 and under both CPUs; result in build/arm-parity.json
+#   sr-wheels shelfrank's own aarch64 wheels, cp310 and cp311 (scripts/build_wheels.py: cross-
+#             compiled by CMake, checked, tagged manylinux_2_X_aarch64) into build/wheels/
+#   install-runtime  the issue's done-when: the bare root (its python has no numpy, no shelfrank)
+#             + `shelfrank flash --install-runtime --python <the root's python>` with the cp311
+#             wheel and build/wheelhouse/aarch64-cp311 (fetched by scripts/setup.sh --wheelhouse),
+#             a cross-install (see docs/install.md), ending in flash's health check with the new
+#             venv's python; then a smoke test under -cpu cortex-a72 with PREFIX/runtime/venv only
 #
 # How the emulated python runs: opt/sr/bin/python3 (from scripts/arm/python.in) is an x86 shell
 # script that execs `qemu-aarch64-static -L build/arm64-root -0 <itself> .../usr/bin/python3.11`;
@@ -58,6 +66,9 @@ SUITE=bookworm
 INCLUDE=python3,python3-venv,libpython3.11-dev
 WHEELS=(numpy onnxruntime tokenizers cryptography pytest hypothesis onnx matplotlib)  # + what tests import
 SO_NAME=_native.cpython-311-aarch64-linux-gnu.so
+SR_WHEELS="$ROOT_DIR/build/wheels"
+DEPS_WHEELHOUSE="$ROOT_DIR/build/wheelhouse/aarch64-cp311"
+FLASH_PREFIX="$ROOTFS/opt/shelfrank"
 
 # Tests deselected inside the emulated root: "CPU|NODEID|reason" (CPU: a -cpu model, or * for
 # both), each printed with its reason by the test steps. The `crash` marker (kill -9 at many
@@ -313,16 +324,65 @@ step_parity() {
         "$WORK/parity/aarch64-cortex-a72.json" "$WORK/parity/aarch64-cortex-a76.json"
 }
 
+step_sr_wheels() {
+    log "shelfrank's aarch64 wheels (scripts/build_wheels.py: cp310 + cp311, cross-compiled and checked)"
+    run "$VENV_PY" scripts/build_wheels.py wheels
+}
+
+step_install_runtime() {
+    log "flash --install-runtime into the bare arm64 root, health check, smoke test (-cpu cortex-a72)"
+    [ -d "$BUNDLE" ] || die "no bundle at $BUNDLE: run the bundle step"
+    [ -d "$X86_SITE/shelfrank" ] || die "no $X86_SITE: run the site step"
+    compgen -G "$SR_WHEELS/shelfrank-*-cp311-cp311-manylinux_*_aarch64.whl" >/dev/null ||
+        die "no cp311 aarch64 shelfrank wheel in $SR_WHEELS: run the sr-wheels step"
+    [ -f "$DEPS_WHEELHOUSE/.shelfrank-deps" ] ||
+        die "no dependency wheelhouse $DEPS_WHEELHOUSE: scripts/setup.sh --wheelhouse fetches it from PyPI"
+    # Bare: the root's python alone (the other steps' opt/sr/site is only ever on PYTHONPATH).
+    if env -u PYTHONPATH "$ARM_PY" -c 'import numpy' >/dev/null 2>&1 ||
+        env -u PYTHONPATH "$ARM_PY" -c 'import shelfrank' >/dev/null 2>&1; then
+        die "the root's python imports numpy or shelfrank by itself: the root is not bare"
+    fi
+    echo "bare: the root's python3.11 imports neither numpy nor shelfrank"
+    rm -rf "$FLASH_PREFIX"
+    # flash runs on x86 from this tree (build/arm-x86-site); the root's python is foreign to it, so
+    # flash cross-installs: the root's python makes the venv, the x86 pip fills it (--platform).
+    run env QEMU_CPU=cortex-a72 PYTHONPATH="$X86_SITE" "$VENV_PY" -m shelfrank.cli flash "$BUNDLE" \
+        --board rpi4 --to "$FLASH_PREFIX" --public-key "$BUNDLE.pub" --python "$ARM_PY" \
+        --install-runtime --wheelhouse "$SR_WHEELS" --wheelhouse "$DEPS_WHEELHOUSE"
+    local venv="$FLASH_PREFIX/runtime/venv"
+    run env -u PYTHONPATH QEMU_CPU=cortex-a72 "$venv/bin/shelfrank" --version
+    # The smoke test: only the runtime venv (no PYTHONPATH), a Cortex-A72, the flashed bundle.
+    local smoke=(env -u PYTHONPATH QEMU_CPU=cortex-a72 "$venv/bin/python" - "$FLASH_PREFIX")
+    "${smoke[@]}" 2>&1 <<'EOF' | grep -v '^Error in cpuinfo' || die "the smoke test with $venv failed"
+import platform, sys
+import onnxruntime, shelfrank
+import shelfrank.device as d
+
+prefix = sys.argv[1]
+for mod in (shelfrank, onnxruntime):
+    if not mod.__file__.startswith(prefix + "/runtime/venv/"):
+        sys.exit(f"smoke: {mod.__name__} imported from {mod.__file__}, not from the runtime venv")
+rec = d.Recommender.open(prefix + "/current")
+try:
+    got = [r.item_id for r in rec.recommend("smoke-user", k=5)]
+finally:
+    rec.close()
+if platform.machine() != "aarch64" or d.active_isa() != "neon" or len(got) != 5:
+    sys.exit(f"smoke: machine {platform.machine()}, isa {d.active_isa()}, {got}")
+print("smoke:", platform.machine(), d.active_isa(), "recommend:", " ".join(got))
+EOF
+}
+
 usage() {
     sed -n '2,11s/^# \{0,1\}//p' "$0"
     exit 2
 }
 
-ALL=(root wheels module site bundle test-a72 test-a76 parity)
+ALL=(root wheels module site bundle test-a72 test-a76 parity sr-wheels install-runtime)
 steps=()
 for a in "$@"; do
     case "$a" in
-        root | wheels | module | site | bundle | test-a72 | test-a76 | parity) steps+=("$a") ;;
+        root | wheels | module | site | bundle | test-a72 | test-a76 | parity | sr-wheels | install-runtime) steps+=("$a") ;;
         -h | --help) usage ;;
         *) echo "unknown argument: $a" >&2 && usage ;;
     esac
@@ -341,6 +401,8 @@ for s in "${steps[@]}"; do
         case "$s" in
             test-a72) step_test_cpu cortex-a72 neon ;;
             test-a76) step_test_cpu cortex-a76 neon_dot ;;
+            sr-wheels) step_sr_wheels ;;
+            install-runtime) step_install_runtime ;;
             *) "step_$s" ;;
         esac
     )

@@ -16,6 +16,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from shelfrank.sysinfo import system_info
 
     info = system_info()
+    if args.bundle:
+        info["text_encoder"] = _encoder_choice(args.bundle, args.board)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -23,8 +25,29 @@ def _cmd_info(args: argparse.Namespace) -> int:
         for key, value in info.items():
             if isinstance(value, list):
                 value = ", ".join(map(str, value))
+            elif isinstance(value, dict):
+                value = "; ".join(f"{k}: {v}" for k, v in value.items())
             print(f"{key:<{width}}  {value}")
     return 0
+
+
+def _encoder_choice(bundle: str, board: str | None) -> dict:
+    """Which text encoder a board runs from this bundle (verified with its own key: a diagnostic)."""
+    from pathlib import Path
+
+    from shelfrank.device import bundle as bfmt
+    from shelfrank.device.encoder import open_text_encoder
+
+    root = Path(bundle).resolve()
+    manifest = bfmt.verify_bundle(root)
+    threads, providers, gpu = 1, None, None
+    if board:
+        from shelfrank.device.boards import load_board
+
+        cfg = load_board(board)
+        threads, providers, gpu = cfg.threads, cfg.ort_providers(), cfg.gpu_ort_providers()
+    _enc, choice = open_text_encoder(root, manifest, threads=threads, providers=providers, gpu_providers=gpu)
+    return choice
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -67,7 +90,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if not (args.items and args.events):
             raise ShelfrankError("--dataset files needs --items PATH and --events PATH")
         ds = data.load_files(args.items, args.events)
-    res = run_export(ds, args.out, key=args.key, preset=args.preset, teacher=args.teacher, resume=args.resume)
+    res = run_export(
+        ds, args.out, key=args.key, preset=args.preset, teacher=args.teacher, resume=args.resume, fp16=args.fp16
+    )
     from shelfrank.export.pipeline import render_quality
 
     print(render_quality(res.quality))
@@ -118,11 +143,25 @@ def _print_json_or(args: argparse.Namespace, data: dict) -> None:
 def _cmd_flash(args: argparse.Namespace) -> int:
     from shelfrank.flash import flash
 
-    res = flash(args.bundle, args.to, board=args.board, public_key=args.public_key, python=args.python)
+    res = flash(
+        args.bundle,
+        args.to,
+        board=args.board,
+        public_key=args.public_key,
+        python=args.python,
+        service=args.service,
+        unit_dir=args.unit_dir,
+        sync_url=args.sync_url,
+        install_runtime=args.install_runtime,
+        wheelhouse=args.wheelhouse,
+        online=args.online,
+    )
     print(
         f"flashed {args.bundle} to {res.target}: {res.slot} is current (previous: {res.previous or 'none'}); "
         f"{res.sent_files} file(s) sent, {res.skipped_files} already there"
     )
+    if res.runtime:
+        print(f"runtime: {res.runtime} (PREFIX/runtime/venv/bin/shelfrank)")
     return 0
 
 
@@ -153,6 +192,36 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    _log_progress()
+    logging.getLogger("shelfrank.device.serve.access").setLevel(logging.INFO if args.access_log else logging.WARNING)
+    import signal
+    import threading
+
+    from shelfrank.device import Recommender
+    from shelfrank.device.serve import Service, start
+
+    if args.no_tcp and not args.unix:
+        raise ShelfrankError("--no-tcp needs --unix PATH (there would be nothing to listen on)")
+    rec = Recommender.open(args.bundle, board=args.board, public_key=args.public_key, state_dir=args.state_dir)
+    try:
+        service = Service(rec, board=args.board)
+        servers = start(service, host=args.host, port=None if args.no_tcp else args.port, unix=args.unix)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        print(
+            f"shelfrank serve: listening on {' and '.join(servers.urls)} (catalog version {rec.catalog.version})",
+            flush=True,
+        )
+        stop.wait()
+        print("shelfrank serve: stopping", file=sys.stderr, flush=True)
+        servers.close()
+    finally:
+        rec.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shelfrank", description="On-device e-commerce recommendation.")
     p.add_argument("--version", action="version", version=f"shelfrank {__version__}")
@@ -160,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="version, CPU, kernel ISA paths, onnxruntime providers")
     info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.add_argument("--bundle", help="also load this bundle's text encoder and say which one runs, on what")
+    info.add_argument("--board", help="board config for --bundle (its providers and gpu_providers)")
     info.set_defaults(func=_cmd_info)
 
     kg = sub.add_parser("keygen", help="make an Ed25519 publisher key pair (KEY, KEY.pub)")
@@ -176,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--key", required=True, help="Ed25519 private key (shelfrank keygen)")
     ex.add_argument("--teacher", help="local Hugging Face BERT directory (default: packaged all-MiniLM-L6-v2)")
     ex.add_argument("--resume", action="store_true", help="reuse the checkpoints in OUT.work/")
+    ex.add_argument(
+        "--fp16", action="store_true", help="also write an fp16 encoder for GPU providers (Jetson), parity-gated"
+    )
     ex.set_defaults(func=_cmd_export)
 
     pb = sub.add_parser("publish", help="publish a catalog update (signed index + snapshot + delta)")
@@ -199,6 +273,32 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--to", required=True, help="DIR or ssh://user@host[:port]/path")
     fl.add_argument("--public-key", help="publisher key to trust and pin (default: the bundle's, first flash only)")
     fl.add_argument("--python", help="the target's python (default: the board config's; this one for a DIR)")
+    fl.add_argument(
+        "--service",
+        action="store_true",
+        help="also install systemd units: `shelfrank serve` as a service, `shelfrank sync` on a timer",
+    )
+    fl.add_argument("--unit-dir", metavar="DIR", help="where --service writes the units (default /etc/systemd/system)")
+    fl.add_argument(
+        "--sync-url",
+        metavar="URL",
+        help="published catalog the sync timer fetches (default: the board config's sync_url; '' = no timer)",
+    )
+    fl.add_argument(
+        "--install-runtime",
+        action="store_true",
+        help="make PREFIX/runtime/venv with shelfrank (from --wheelhouse) on the target, health-check with it",
+    )
+    fl.add_argument(
+        "--wheelhouse",
+        action="append",
+        metavar="DIR",
+        help="wheels for --install-runtime: shelfrank's for the target and its dependencies' (repeatable); "
+        "copied to the target and installed with --no-index",
+    )
+    fl.add_argument(
+        "--online", action="store_true", help="--install-runtime: pip may also use the board's package index"
+    )
     fl.set_defaults(func=_cmd_flash)
 
     he = sub.add_parser("health", help="(on the target) verify a bundle, open it, answer one query")
@@ -217,6 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--python", help="the target's python (ssh targets; default python3)")
         sp.add_argument("--json", action="store_true")
         sp.set_defaults(func=fn)
+
+    sv = sub.add_parser("serve", help="the device runtime as a local JSON-over-HTTP service (docs/serve.md)")
+    sv.add_argument("bundle", help="bundle directory or PREFIX/current")
+    sv.add_argument("--board", help="board config (threads, onnxruntime providers); reported by /v1/status")
+    sv.add_argument("--public-key", help="trusted publisher key (default: state/trusted.pub, else unpinned)")
+    sv.add_argument("--state-dir", help="state folder (default: PREFIX/state for a flashed layout)")
+    sv.add_argument("--host", default="127.0.0.1", help="TCP address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8377, help="TCP port (default 8377; 0 picks a free one, printed)")
+    sv.add_argument("--unix", metavar="PATH", help="also listen on this Unix socket (mode 0660)")
+    sv.add_argument("--no-tcp", action="store_true", help="only the Unix socket (needs --unix)")
+    sv.add_argument("--access-log", action="store_true", help="log one line per request (no bodies, no user ids)")
+    sv.set_defaults(func=_cmd_serve)
 
     bench = sub.add_parser("bench", help="benchmarks: 'kernel' (top-k kernel only) or a bundle path")
     bench.add_argument("target", help="'kernel', or a bundle path")

@@ -5,7 +5,10 @@ Targets: a local directory, or ``ssh://user@host[:port]/path``. Over ssh the cop
 right sha256 are not sent again, so a flash interrupted by a dropped connection continues where
 it stopped. The target needs a POSIX shell, ``tar``, ``sha256sum``, ``df`` and a python with
 shelfrank installed (board config ``python``, or ``--python``); for a directory target the
-default python is this one.
+default python is this one. A runtime that ``--install-runtime`` put in ``PREFIX/runtime/venv``
+(:mod:`shelfrank.runtime`) is the default once it is there; ``--install-runtime`` itself makes a
+new venv from carried wheels after the copy, health-checks with it and switches
+``PREFIX/runtime/venv`` together with ``current``.
 
 Layout on the target (DESIGN.md): ``PREFIX/slot_a``, ``PREFIX/slot_b``, ``PREFIX/current`` (a
 symlink to the active slot, replaced by rename), ``PREFIX/state/`` (``trusted.pub``,
@@ -14,7 +17,9 @@ before anything on the target changes (bundle signature and hashes here, board c
 reachable, python with shelfrank, free space, key pinning); copy into ``<slot>.partial``; verify
 every hash and run the health check (open + one query) there with the target's python; then
 rename the slot into place, pin the key, switch ``current``. Any failure before the switch
-leaves the previous slot current and serving.
+leaves the previous slot current and serving. With ``--service``, :mod:`shelfrank.service` then
+installs the systemd units (``shelfrank serve`` and the sync timer); their settings are checked
+before the target changes.
 """
 
 from __future__ import annotations
@@ -29,11 +34,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlparse
 
 from shelfrank.device import bundle as bfmt
-from shelfrank.errors import ShelfrankError
+from shelfrank.errors import InputError, ShelfrankError
+
+if TYPE_CHECKING:
+    from shelfrank.service import ServiceResult
 
 
 class FlashError(ShelfrankError):
@@ -138,6 +146,8 @@ class FlashResult:
     key_id: str
     sent_files: int
     skipped_files: int
+    service: ServiceResult | None = None  # with service=True: what was installed, what is left to do
+    runtime: str | None = None  # with install_runtime: the venv now behind PREFIX/runtime/venv
 
 
 def _q(s: str) -> str:
@@ -151,6 +161,12 @@ def flash(
     board: str,
     public_key: str | Path | None = None,
     python: str | None = None,
+    service: bool = False,
+    unit_dir: str | None = None,
+    sync_url: str | None = None,
+    install_runtime: bool = False,
+    wheelhouse: list[str | Path] | None = None,
+    online: bool = False,
     log: Callable[[str], None] = print,
 ) -> FlashResult:
     """Flash ``bundle`` to ``to`` (see the module docstring).
@@ -158,9 +174,16 @@ def flash(
     Raises:
         FlashError: a check or step failed (the message names it); the previous slot stays current.
         BundleError, SignatureError, UnknownBoardError, BoardConfigError: before anything on the target.
+        ServiceError: with ``service``, installing the units failed after the switch (the new slot is current).
+
+    ``install_runtime``: make a venv with shelfrank on the target from the wheels in ``wheelhouse``
+    (offline unless ``online``) and health-check with it; see :mod:`shelfrank.runtime`.
     """
+    from shelfrank import runtime
     from shelfrank.device.boards import load_board
 
+    if (wheelhouse or online) and not install_runtime:
+        raise FlashError("--wheelhouse and --online go with --install-runtime")
     bundle = Path(bundle)
     cfg = load_board(board)
     key = bfmt.load_public_key(public_key if public_key is not None else bundle / bfmt.PUBLIC_KEY)
@@ -171,19 +194,48 @@ def flash(
     log(f"bundle {bundle}: verified ({len(files)} files, {size / 1e6:.1f} MB, key {kid[:16]}…), board {cfg.name}")
 
     t = make_target(to)
+    if service:  # the units are checked (schedule, paths, sync URL) before the target changes
+        from shelfrank import service as svc
+
+        svc.check(cfg, t.prefix, sync_url=sync_url)
+    elif unit_dir is not None or sync_url is not None:
+        raise InputError("--unit-dir and --sync-url go with --service")
+    if python and isinstance(t, DirTarget) and "/" in python:
+        python = os.path.abspath(python)  # the commands run in the prefix
     py = python or (cfg.python if isinstance(t, SshTarget) else sys.executable)
     p = t.prefix
+    rt_py = f"{p}/{runtime.VENV_LINK}/bin/python"  # a runtime from an earlier --install-runtime
+    if install_runtime:
+        py_probe = (
+            f"echo RTCUR=$(readlink {runtime.VENV_LINK} 2>/dev/null); "
+            f"({runtime.CLEAN_PY}; {_q(py)} -c {_q(runtime.PROBE)}) 2>&1; true"
+        )
+    else:
+        py_probe = (
+            f"PY={_q(py)}; {'' if python else f'[ -x {_q(rt_py)} ] && PY={_q(rt_py)}; '}echo PYUSED=$PY; "
+            f'([ "$PY" != {_q(rt_py)} ] || {runtime.CLEAN_PY}; "$PY" -c "import shelfrank.device") >/dev/null 2>&1 '
+            "&& echo PY=ok || echo PY=missing"
+        )
     probe = t.sh(
         f"mkdir -p {_q(p)} 2>/dev/null; cd {_q(p)} 2>/dev/null || {{ echo NODIR; exit 0; }}; "
         f"echo CUR=$(readlink current 2>/dev/null); "
         f"echo FREE=$(df -Pk . | awk 'NR==2 {{print $4}}'); "
-        f"echo PIN=$(base64 -w0 state/trusted.pub 2>/dev/null); "
-        f"{_q(py)} -c 'import shelfrank.device' >/dev/null 2>&1 && echo PY=ok || echo PY=missing"
+        f"echo PIN=$(base64 -w0 state/trusted.pub 2>/dev/null); " + py_probe
     ).stdout
     if "NODIR" in probe:
         raise FlashError(f"{t.description}: cannot create or enter {p}")
     info = dict(line.split("=", 1) for line in probe.splitlines() if "=" in line)
-    if info.get("PY") != "ok":
+    rt = None
+    clean = False  # run the health check without this shell's PYTHONPATH (a runtime venv's python)
+    if install_runtime:
+        tp = runtime.TargetPython.from_probe(py, probe, t.description)
+        rt = runtime.prepare(t, tp, wheelhouse or [], online=online, previous=info.get("RTCUR") or None)
+        size += runtime.size(rt)
+        log(f"runtime: {tp.describe()} at {py}; {rt.wheel.path.name} + {len(rt.deps)} wheel(s)")
+    elif info.get("PYUSED") == rt_py:
+        py, clean = rt_py, True
+        log(f"health check with the runtime installed on the target: {rt_py}")
+    if not install_runtime and info.get("PY") != "ok":
         raise FlashError(
             f"{t.description}: {py} cannot import shelfrank.device; install shelfrank on the target "
             "(pip install shelfrank) or pass --python"
@@ -214,12 +266,19 @@ def flash(
     t.sh(f"mkdir -p {_q(p)}/state {_q(partial)}")
     log(f"copying {len(todo)} file(s) ({len(files) - len(todo)} already there)")
     t.send(bundle, todo, partial)
+    if rt is not None:  # a new venv beside the one in use; runtime/venv switches with current
+        try:
+            runtime.install(t, rt, log=log)
+        except runtime.RuntimeInstallError as e:
+            raise runtime.RuntimeInstallError(f"{e}; nothing switched, {current or 'nothing'} stays current") from e
+        py, clean = rt.python, True
 
     pub_pem = bfmt.public_pem(key).decode()
     health = t.sh(
         f"printf '%s' {_q(pub_pem)} > {_q(partial)}.pub && "
-        f"{_q(py)} -m shelfrank.cli health {_q(partial)} --public-key {_q(partial)}.pub --state {_q(p)}/state "
-        f"--board {_q(cfg.name)}",
+        f"({runtime.CLEAN_PY if clean else 'true'}; "
+        f"exec {_q(py)} -m shelfrank.cli health {_q(partial)} --public-key {_q(partial)}.pub --state {_q(p)}/state "
+        f"--board {_q(cfg.name)})",
         check=False,
     )
     if health.returncode != 0:
@@ -240,16 +299,25 @@ def flash(
             "bundle": str(bundle),
             "created_at": manifest.get("created_at"),
             "board": cfg.name,
+            **({"runtime": rt.name} if rt is not None else {}),
         }
     )
     t.sh(
         f"cd {_q(p)} && rm -rf {slot}.old && {{ [ ! -e {slot} ] || mv {slot} {slot}.old; }} && "
         f"mv {slot}.partial {slot} && mv {slot}.partial.pub state/trusted.pub.new && "
-        f"mv state/trusted.pub.new state/trusted.pub && ln -sfn {slot} current.new && mv -T current.new current && "
+        f"mv state/trusted.pub.new state/trusted.pub && {rt.switch_script() + ' && ' if rt else ''}"
+        f"ln -sfn {slot} current.new && mv -T current.new current && "
         f"rm -rf {slot}.old && printf '%s\\n' {_q(entry)} >> state/flash.log"
     )
     log(f"switched {p}/current → {slot} (previous: {current or 'none'})")
-    return FlashResult(t.description, slot, current, kid, len(todo), len(files) - len(todo))
+    res = FlashResult(t.description, slot, current, kid, len(todo), len(files) - len(todo))
+    if rt is not None:
+        py = rt_py  # the stable path from now on (the units use it)
+        res.runtime = rt.venv
+        log(f"switched {p}/{runtime.VENV_LINK} → {rt.name}{' (reused)' if rt.reused else ''}")
+    if service:  # only after the health check and the switch: a failed flash installs no service
+        res.service = svc.install(t, cfg, python=py, unit_dir=unit_dir, sync_url=sync_url, log=log)
+    return res
 
 
 def health(bundle: str | Path, *, public_key: str | Path, state: str | Path, board: str | None) -> dict:
@@ -312,6 +380,13 @@ def status_local(prefix: str | Path) -> dict:
         out["last_flash"] = json.loads((prefix / "state" / "flash.log").read_text().splitlines()[-1])
     except (OSError, ValueError, IndexError):
         out["last_flash"] = None
+    try:  # flash --install-runtime: PREFIX/runtime/venv → venv-<id> with a record of what is in it
+        venv = os.readlink(prefix / "runtime" / "venv")
+        rec = json.loads((prefix / "runtime" / venv / ".shelfrank-runtime.json").read_text())
+        keys = ("shelfrank_wheel", "python", "system_site_packages", "mode")
+        out["runtime"] = {"venv": venv, **{k: rec.get(k) for k in keys}}
+    except (OSError, ValueError):
+        out["runtime"] = None
     return out
 
 
@@ -347,9 +422,17 @@ def rollback_local(prefix: str | Path) -> dict:
 
 def remote_call(to: str, command: str, python: str | None) -> dict:
     """Run ``shelfrank <command> PREFIX --local --json`` on a target and return its JSON."""
+    from shelfrank.runtime import CLEAN_PY, VENV_LINK
+
     t = make_target(to)
     py = python or (sys.executable if isinstance(t, DirTarget) else "python3")
-    res = t.sh(f"{_q(py)} -m shelfrank.cli {command} {_q(t.prefix)} --json", check=False)
+    rt_py = _q(f"{t.prefix}/{VENV_LINK}/bin/python")
+    # without --python: the runtime flash --install-runtime made, when there is one
+    pick = f"PY={_q(py)}" if python or isinstance(t, DirTarget) else f"PY={_q(py)}; [ -x {rt_py} ] && PY={rt_py}"
+    res = t.sh(
+        f'{pick}; [ "$PY" != {rt_py} ] || {CLEAN_PY}; "$PY" -m shelfrank.cli {command} {_q(t.prefix)} --json',
+        check=False,
+    )
     if res.returncode != 0:
         raise FlashError(f"{t.description}: {command} failed: {(res.stderr or res.stdout).strip()[-800:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])

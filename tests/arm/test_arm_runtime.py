@@ -3,9 +3,12 @@
 An arm64 Debian 12 root (debootstrap --foreign, no binfmt), CPython 3.11 with the aarch64 wheels
 and the cross-compiled shelfrank._native, under qemu-aarch64 as a Cortex-A72 (Pi 4, neon) and a
 Cortex-A76 (dotprod, neon_dot): tests/native/test_topk.py + tests/device (not `crash`) pass, and
-x86 <-> aarch64 parity holds (build/arm-parity.json). Needs root, network on the first run (Debian
-mirror, PyPI; cached under build/ afterwards) and .venv with shelfrank: a missing piece fails
-these tests, as CI has them.
+x86 <-> aarch64 parity holds (build/arm-parity.json). Then shelfrank's own aarch64 wheels (cp310,
+cp311) are built and checked, and `shelfrank flash --install-runtime` into the bare root ends in a
+passing health check and a smoke test with the installed venv. Needs root, network on the first
+run (Debian mirror, PyPI; cached under build/ afterwards), .venv with shelfrank and the aarch64
+dependency wheelhouse from scripts/setup.sh --wheelhouse: a missing piece fails these tests, as CI
+has them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import os
 import re
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +27,8 @@ pytestmark = pytest.mark.arm
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "arm_runtime.sh"
 PARITY = ROOT / "build" / "arm-parity.json"
+WHEELS = ROOT / "build" / "wheels"
+FLASH_PREFIX = ROOT / "build" / "arm64-root" / "opt" / "shelfrank"
 TIMEOUT_S = 2400  # from nothing ~10 min on a 2-core machine; cached ~4 min
 
 
@@ -74,3 +80,35 @@ def test_parity_x86_aarch64(run):
     for name, r in rep["runs"].items():
         assert r["checks"]["kernel_bit_exact"]["ok"], name
         assert r["checks"]["encoder_cosine"]["min"] >= 0.999, name
+
+
+@pytest.mark.parametrize("cp", ["cp310", "cp311"])
+def test_aarch64_wheel(run, cp):
+    step_ok(run, "sr-wheels")
+    (whl,) = WHEELS.glob(f"shelfrank-*-{cp}-{cp}-manylinux_2_*_aarch64.whl")
+    tag = whl.name[: -len(".whl")].split("-", 2)[2]
+    m = re.search(rf"_native\.cpython-{cp[2:]}-aarch64-linux-gnu\.so: aarch64, .*GLIBC <= 2\.(\d+),", run)
+    assert m and tag == f"{cp}-{cp}-manylinux_2_{m.group(1)}_aarch64", (tag, run[-3000:])
+    with zipfile.ZipFile(whl) as z:
+        wheel_meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/WHEEL"))).decode()
+        so = z.read(f"shelfrank/_native.cpython-{cp[2:]}-aarch64-linux-gnu.so")
+        names = set(z.namelist())
+    assert f"Tag: {tag}\n" in wheel_meta
+    assert so[:4] == b"\x7fELF" and int.from_bytes(so[18:20], "little") == 183  # EM_AARCH64
+    assert {"shelfrank/device/recommender.py", "shelfrank/firmware_configs/rpi4.toml", "shelfrank/cli.py"} <= names
+    (x86,) = WHEELS.glob("shelfrank-*-linux_x86_64.whl")  # what scikit-build-core packs: the same files
+    with zipfile.ZipFile(x86) as z:
+        x86_names = {n for n in z.namelist() if not n.startswith("shelfrank/_native.")}
+    assert {n for n in names if not n.startswith("shelfrank/_native.")} == x86_names
+
+
+def test_flash_install_runtime_into_bare_root(run):
+    step_ok(run, "install-runtime")
+    assert "bare: the root's python3.11 imports neither numpy nor shelfrank" in run
+    assert re.search(r'health check on the target: \{"ok": true, "items": \d+', run), run[-3000:]
+    assert re.search(r"^smoke: aarch64 neon recommend: (\S+ ){4}\S+$", run, re.MULTILINE), run[-3000:]
+    venv = os.readlink(FLASH_PREFIX / "runtime" / "venv")
+    rec = json.loads((FLASH_PREFIX / "runtime" / venv / ".shelfrank-runtime.json").read_text())
+    assert rec["mode"] == "cross-install"
+    assert re.fullmatch(r"shelfrank-.*-cp311-cp311-manylinux_2_\d+_aarch64\.whl", rec["shelfrank_wheel"])
+    assert os.readlink(FLASH_PREFIX / "current") == "slot_a"

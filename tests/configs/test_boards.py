@@ -19,6 +19,9 @@ def test_packaged_config_is_valid(name):
     cfg = load_board(name)
     assert cfg.name == name and cfg.expected_isa in ISAS and cfg.threads >= 1
     assert cfg.providers[-1] == "CPUExecutionProvider"
+    # the service settings (flash --service): the sync URL is per shop, so no packaged config has one
+    assert cfg.serve_port == 8377 and cfg.sync_url == "" and cfg.sync_random_delay_s == 900
+    assert cfg.sync_schedule == "hourly" and cfg.service_user == "shelfrank"
     if name.startswith("jetson"):
         assert cfg.gpu_providers == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
         assert "fp16" in cfg.notes and cfg.ort_providers() == ["CPUExecutionProvider"]
@@ -53,7 +56,21 @@ VALID = "\n".join(
 
 
 def test_a_valid_file_by_path(tmp_path):
-    assert load_board(_write(tmp_path, VALID)).threads == 2
+    cfg = load_board(_write(tmp_path, VALID))
+    assert cfg.threads == 2
+    # the optional service keys default to a service on 127.0.0.1:8377 and no sync timer
+    assert (cfg.serve_port, cfg.sync_url, cfg.sync_schedule, cfg.sync_random_delay_s) == (8377, "", "hourly", 900)
+
+
+def test_service_keys_by_path(tmp_path):
+    text = VALID + '\nserve_port = 9000\nsync_url = "https://cdn.example/s/"\nsync_schedule = "*-*-* 03:30:00"'
+    cfg = load_board(_write(tmp_path, text + "\nsync_random_delay_s = 0"))
+    assert (cfg.serve_port, cfg.sync_url, cfg.sync_schedule, cfg.sync_random_delay_s) == (
+        9000,
+        "https://cdn.example/s/",
+        "*-*-* 03:30:00",
+        0,
+    )
 
 
 @pytest.mark.parametrize(
@@ -67,6 +84,14 @@ def test_a_valid_file_by_path(tmp_path):
         (VALID.replace('python = "python3"', ""), "missing key 'python'"),
         (VALID.replace('install_prefix = "/opt/x"', 'install_prefix = "opt"'), "key 'install_prefix'"),
         (VALID + "\n[provider_options.CUDAExecutionProvider]\ndevice_id = 0", "provider_options for"),
+        (VALID + "\nserve_port = 0", "key 'serve_port' has an invalid value"),
+        (VALID + "\nserve_port = 70000", "key 'serve_port' has an invalid value"),
+        (VALID + '\nserve_port = "8377"', "key 'serve_port' must be int"),
+        (VALID + '\nsync_url = "ftp://cdn.example/"', "key 'sync_url' has an invalid value"),
+        (VALID + '\nsync_url = "shop/catalog"', "key 'sync_url' has an invalid value"),
+        (VALID + '\nsync_schedule = ""', "key 'sync_schedule' has an invalid value"),
+        (VALID + '\nsync_schedule = "hourly\\n[Service]"', "key 'sync_schedule' has an invalid value"),
+        (VALID + "\nsync_random_delay_s = -1", "key 'sync_random_delay_s' has an invalid value"),
         ("name = ", "not valid TOML"),
     ],
 )
