@@ -1,4 +1,8 @@
-"""Shared pytest fixtures: where the real data lives."""
+"""Shared pytest fixtures: where the real data lives; the tiny signed bundle (built without torch)
+and a recommender on it; a second tiny bundle that catalog updates are published for.
+
+``SHELFRANK_TEST_BUNDLE`` (with its ``.pub`` key beside it, if any) replaces the tiny bundle, e.g.
+with a bundle built on another machine (how the emulated aarch64 run gets it)."""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+from shelfrank.testing import build_device_bundle
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,3 +27,40 @@ def shelfrank_data() -> Path:
     if not d.is_dir():
         pytest.fail(f"the shopping data is not at {d}; set SHELFRANK_DATA to the shared/data folder")
     return d
+
+
+@pytest.fixture(scope="session")
+def bundle_and_key(tmp_path_factory) -> tuple[Path, Path | None]:
+    env = os.environ.get("SHELFRANK_TEST_BUNDLE")
+    if env:
+        pub = Path(env + ".pub")
+        return Path(env), pub if pub.exists() else None
+    return build_device_bundle(tmp_path_factory.mktemp("device-bundle"))
+
+
+@pytest.fixture()
+def rec(bundle_and_key, tmp_path):
+    from shelfrank.device import Recommender
+
+    bundle, pub = bundle_and_key
+    r = Recommender.open(bundle, public_key=pub, state_dir=tmp_path / "state")
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="session")
+def sync_bundle(tmp_path_factory) -> dict:
+    """A bundle for catalog-update tests: bundle, pub, key (private key path), its items as records
+    (dicts with the fields ``shelfrank.testing.publish_records`` takes) and new_item (one more)."""
+    from shelfrank.device import Recommender
+
+    root = tmp_path_factory.mktemp("sync-bundle")
+    bundle, pub = build_device_bundle(root, n_items=120, seed=9)
+    r = Recommender.open(bundle, public_key=pub, state_dir=root / "s0")
+    items = [r.catalog.item(i) for i in range(len(r.catalog))]
+    r.close()
+    fields = ("item_id", "title", "category", "brand", "price", "in_stock")
+    records = [{f: getattr(it, f) for f in fields} for it in items]
+    new_item = dict(item_id="NEW-1", title="Aurora Quantum Espresso Grinder", category="Kitchen", brand="Aurora")
+    new_item.update(price=99.0, in_stock=True)
+    return dict(bundle=bundle, pub=pub, key=root / "keys" / "publisher.key", records=records, new_item=new_item)

@@ -188,3 +188,21 @@ def write_cpu_as_gpu_board(path: str | Path, *, gpu_providers: tuple[str, ...] =
     path = Path(path)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def publish_records(bundle: str | Path, out: str | Path, records: list[dict], key_path: str | Path) -> None:
+    """``shelfrank publish`` a catalog of item records (dicts with item_id, title, category, brand,
+    price or None, in_stock) for ``bundle`` into ``out``, signed with the private key at ``key_path``."""
+    from shelfrank.device import bundle as bfmt
+    from shelfrank.export.data import Catalog
+    from shelfrank.export.publish import publish
+
+    cat = Catalog(
+        [r["item_id"] for r in records],
+        [r["title"] for r in records],
+        [r["category"] for r in records],
+        [r["brand"] for r in records],
+        np.array([np.nan if r["price"] is None else r["price"] for r in records]),
+        np.array([r["in_stock"] for r in records], bool),
+    )
+    publish(bundle, out, cat, key=bfmt.load_private_key(key_path))

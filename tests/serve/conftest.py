@@ -1,6 +1,6 @@
 """A real server for the service tests: the tiny signed bundle (no torch), the service started in
 this process on 127.0.0.1:0 and a Unix socket, and a small HTTP client (http.client over TCP or
-AF_UNIX, keep-alive). ``SHELFRANK_TEST_BUNDLE`` replaces the bundle, as in tests/device."""
+AF_UNIX, keep-alive). The bundle and ``rec`` come from tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -13,59 +13,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from shelfrank.device import Recommender
 from shelfrank.device.serve import Service, start
-from shelfrank.testing import build_device_bundle
-
-NEW_ITEM = dict(
-    item_id="NEW-1",
-    title="Aurora Quantum Espresso Grinder",
-    category="Kitchen",
-    brand="Aurora",
-    price=99.0,
-    in_stock=True,
-)
+from shelfrank.testing import publish_records
 
 
 @pytest.fixture(scope="session")
-def bundle_and_key(tmp_path_factory) -> tuple[Path, Path | None]:
-    env = os.environ.get("SHELFRANK_TEST_BUNDLE")
-    if env:
-        pub = Path(env + ".pub")
-        return Path(env), pub if pub.exists() else None
-    return build_device_bundle(tmp_path_factory.mktemp("serve-bundle"))
-
-
-@pytest.fixture(scope="session")
-def published(tmp_path_factory):
-    """Its own bundle and a publish folder holding catalog version 2 (every item plus NEW-1)."""
-    from shelfrank.device import bundle as bfmt
-    from shelfrank.export.data import Catalog
-    from shelfrank.export.publish import publish
-
-    root = tmp_path_factory.mktemp("serve-sync")
-    bundle, pub = build_device_bundle(root, n_items=120, seed=9)
-    rec = Recommender.open(bundle, public_key=pub, state_dir=root / "s0")
-    items = [rec.catalog.item(i) for i in range(len(rec.catalog))]
-    rec.close()
-    recs = [
-        dict(item_id=r.item_id, title=r.title, category=r.category, brand=r.brand, price=r.price, in_stock=r.in_stock)
-        for r in items
-    ] + [NEW_ITEM]
-    cat = Catalog(
-        [r["item_id"] for r in recs],
-        [r["title"] for r in recs],
-        [r["category"] for r in recs],
-        [r["brand"] for r in recs],
-        np.array([np.nan if r["price"] is None else r["price"] for r in recs]),
-        np.array([r["in_stock"] for r in recs], bool),
-    )
-    out = root / "cdn"
-    publish(bundle, out, cat, key=bfmt.load_private_key(root / "keys" / "publisher.key"))
-    return dict(bundle=bundle, pub=pub, dir=out)
+def published(sync_bundle, tmp_path_factory):
+    """The update bundle and a publish folder holding catalog version 2 (every item plus NEW-1)."""
+    out = tmp_path_factory.mktemp("serve-sync") / "cdn"
+    publish_records(sync_bundle["bundle"], out, [*sync_bundle["records"], sync_bundle["new_item"]], sync_bundle["key"])
+    return dict(bundle=sync_bundle["bundle"], pub=sync_bundle["pub"], dir=out)
 
 
 @pytest.fixture()
@@ -74,14 +33,6 @@ def sock_dir():
     d = tempfile.mkdtemp(prefix="sr-", dir="/tmp")
     yield Path(d)
     shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture()
-def rec(bundle_and_key, tmp_path):
-    bundle, pub = bundle_and_key
-    r = Recommender.open(bundle, public_key=pub, state_dir=tmp_path / "state")
-    yield r
-    r.close()
 
 
 @pytest.fixture()
