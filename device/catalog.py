@@ -60,7 +60,7 @@ class Catalog:
         # pages the row scan has just pushed out of the caches.
         self.item_ids: list[str] = []
         price, stock, pop = array("d"), array("b"), array("f")
-        cat_codes, brand_codes, title_ends = array("i"), array("i"), array("q")
+        cat_codes, brand_codes, title_ends = array("i"), array("i"), array("i")
         titles = bytearray()
         self._cat_vocab: dict[str, int] = {}
         self._brand_vocab: dict[str, int] = {}
@@ -91,8 +91,8 @@ class Catalog:
             raise BundleError(f"{root / 'items.sqlite'}: unreadable item table: {e}") from e
         if len(self.item_ids) != n:
             raise BundleError(f"{root / 'items.sqlite'}: {len(self.item_ids)} items for {n} embedding rows")
-        self._titles = bytes(titles)
-        self._title_ends = title_ends  # array('q'): indexing gives Python ints directly
+        self._titles = titles  # kept as built: a bytes() copy would double the peak for a moment
+        self._title_ends = title_ends  # array: indexing gives Python ints directly
         self._cat_names = [None, *self._cat_vocab]  # code + 1 -> name
         self._brand_names = [None, *self._brand_vocab]
         self._cat_code_list, self._brand_code_list = cat_codes, brand_codes
