@@ -17,8 +17,6 @@ import json
 import logging
 import os
 import shutil
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +69,11 @@ class HttpSource:
         return self.base
 
     def _open(self, rel: str, start: int = 0):
+        # imported here, not with the module: urllib.request loads ssl (~5 MB resident), which a
+        # device that never syncs over HTTP should not carry
+        import urllib.error
+        import urllib.request
+
         req = urllib.request.Request(self.base + rel)
         if start:
             req.add_header("Range", f"bytes={start}-")

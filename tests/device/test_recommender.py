@@ -224,6 +224,19 @@ def test_import_is_lean():
     assert out.stdout.strip() == "[]"
 
 
+def test_open_and_recommend_load_no_network_stack(bundle_and_key, tmp_path):
+    """urllib.request (and with it ssl, ~5 MB resident) loads only for an HTTP sync."""
+    bundle, pub = bundle_and_key
+    code = (
+        "import sys; from shelfrank.device import Recommender; "
+        f"r = Recommender.open({str(bundle)!r}, public_key={str(pub) if pub else None!r}, "
+        f"state_dir={str(tmp_path)!r}); "
+        "r.recommend('u', k=3); print(sorted(m for m in ('ssl', 'urllib.request') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_nan_rows_in_catalog_are_refused(bundle_copy, tmp_path):
     """A bundle whose scales contain NaN (re-signed, so only the content check can catch it)."""
     from shelfrank.device import bundle as bfmt
