@@ -112,11 +112,14 @@ class BoardConfig:
 
     def ort_providers(self) -> list:
         """The providers list for onnxruntime, with options where the config gives them."""
-        return [(p, self.provider_options[p]) if p in self.provider_options else p for p in self.providers]
+        return self._with_options(self.providers)
 
     def gpu_ort_providers(self) -> list:
         """``gpu_providers`` for onnxruntime, with their options: the bundle's fp16 encoder runs under these."""
-        return [(p, self.provider_options[p]) if p in self.provider_options else p for p in self.gpu_providers]
+        return self._with_options(self.gpu_providers)
+
+    def _with_options(self, names: list[str]) -> list:
+        return [(p, self.provider_options[p]) if p in self.provider_options else p for p in names]
 
 
 def validate(data: dict[str, Any], where: str) -> BoardConfig:

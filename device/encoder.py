@@ -52,14 +52,14 @@ def make_session(
         opts.profile_file_prefix = profile_prefix
     wanted = list(providers) if providers else ["CPUExecutionProvider"]
     available = set(ort.get_available_providers())
-    usable = [p for p in wanted if (p[0] if isinstance(p, tuple) else p) in available]
+    usable = [p for p in wanted if provider_names([p])[0] in available]
     dropped = [p for p in wanted if p not in usable]
     if dropped:
         logger.warning(
             "execution provider(s) %s not available here (have %s); using %s",
-            [p[0] if isinstance(p, tuple) else p for p in dropped],
+            provider_names(dropped),
             sorted(available),
-            [p[0] if isinstance(p, tuple) else p for p in usable] or ["CPUExecutionProvider"],
+            provider_names(usable) or ["CPUExecutionProvider"],
         )
     if not usable:
         usable = ["CPUExecutionProvider"]

@@ -134,20 +134,28 @@ class Recommender:
 
     # ---- the catalog ----------------------------------------------------------------------------
 
-    def _newest_catalog(self) -> Catalog:
-        """The newer of the bundle's catalog and the last one synced into the state folder."""
+    def _synced_catalog(self, newer_than: int) -> Catalog | None:
+        """The last catalog synced into the state folder, when it is newer than ``newer_than`` and
+        made for this bundle's model; None otherwise (an unusable one is logged and skipped)."""
         from shelfrank.device.sync import CatalogStore
 
-        base_version = int(self.manifest["catalog"]["version"])
         synced = CatalogStore(self.state_dir).current()
-        if synced is not None:
-            version, path, meta = synced
-            if version > base_version and meta.get("model_sha256") == self.manifest["model"]["sha256"]:
-                try:
-                    return Catalog(path, version=version, dim=self.dim)
-                except BundleError as e:
-                    logger.warning("synced catalog %s unusable (%s); serving the bundle's", path, e)
-        return Catalog(self.bundle / "catalog", version=base_version, dim=self.dim)
+        if synced is None:
+            return None
+        version, path, meta = synced
+        if version <= newer_than or meta.get("model_sha256") != self.manifest["model"]["sha256"]:
+            return None
+        try:
+            return Catalog(path, version=version, dim=self.dim)
+        except BundleError as e:
+            logger.warning("synced catalog %s unusable (%s); keeps serving version %d", path, e, newer_than)
+            return None
+
+    def _newest_catalog(self) -> Catalog:
+        """The newer of the bundle's catalog and the last one synced into the state folder."""
+        base_version = int(self.manifest["catalog"]["version"])
+        synced = self._synced_catalog(base_version)
+        return synced if synced is not None else Catalog(self.bundle / "catalog", version=base_version, dim=self.dim)
 
     def _swap_catalog(self, path: Path, version: int) -> None:
         new = Catalog(path, version=version, dim=self.dim)
@@ -164,30 +172,21 @@ class Recommender:
         """
         from shelfrank.device.sync import CatalogStore
 
-        store = CatalogStore(self.state_dir)
         try:
-            link = os.readlink(store.root / "current")
+            link = os.readlink(CatalogStore(self.state_dir).root / "current")
         except OSError:
             return False
         if link == self._synced_link:
             return False
-        synced = store.current()
-        if synced is None:
-            return False
         self._synced_link = link
-        version, path, meta = synced
-        if version <= self.catalog.version or meta.get("model_sha256") != self.manifest["model"]["sha256"]:
-            return False
-        try:
-            new = Catalog(path, version=version, dim=self.dim)
-        except BundleError as e:
-            logger.warning("synced catalog %s unusable (%s); keeps serving version %d", path, e, self.catalog.version)
+        new = self._synced_catalog(self.catalog.version)
+        if new is None:
             return False
         with self._lock:
             if new.version <= self.catalog.version:  # another thread got there first
                 return False
             self.catalog = new
-        logger.info("serving catalog version %d (installed by another process)", version)
+        logger.info("serving catalog version %d (installed by another process)", new.version)
         return True
 
     def sync(self, url_or_dir: str | Path):

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from shelfrank.device.bundle import sha256_file
 from shelfrank.flash import DirTarget, FlashError
 
 if TYPE_CHECKING:
@@ -325,7 +326,7 @@ class Runtime:
     @functools.cached_property
     def id(self) -> str:
         h = hashlib.sha256()
-        h.update(_sha256(self.wheel.path).encode())
+        h.update(sha256_file(self.wheel.path).encode())
         for w in self.deps:
             h.update(w.path.name.encode())
         how = [self.tp.python, self.tp.version, self.tp.machine, self.plan.system_site_packages, self.cross]
@@ -353,14 +354,6 @@ class Runtime:
             f"ln -sfn {_q(self.name)} {VENV_LINK}.new && mv -T {VENV_LINK}.new {VENV_LINK} && "
             f'for d in {RUNTIME}/venv-*; do case $d in {cases}) ;; *) rm -rf "$d" ;; esac; done'
         )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # Environment for the runtime's pythons: nothing from the flashing shell's PYTHONPATH/PYTHONHOME;
@@ -424,7 +417,7 @@ def install(t: Target, rt: Runtime, *, log: Callable[[str], None] = print) -> No
     names = {w.path.name for w in wheels}
     have = t.sh(f"cd {_q(p)}/{WHEELS} 2>/dev/null && sha256sum -- *.whl 2>/dev/null; true").stdout
     present = {ln.split(None, 1)[1].strip().lstrip("*"): ln.split()[0] for ln in have.splitlines() if "  " in ln}
-    todo = [w for w in wheels if present.get(w.path.name) != _sha256(w.path)]
+    todo = [w for w in wheels if present.get(w.path.name) != sha256_file(w.path)]
     log(f"runtime: {len(wheels)} wheel(s) for {rt.tp.describe()}, {len(todo)} to send; {rt.plan.reason}")
     # Keep only the wheels of this install, so --find-links offers pip nothing else.
     keep = " ".join(_q(n) for n in sorted(names))
