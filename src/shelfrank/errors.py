@@ -44,3 +44,15 @@ class UnknownBoardError(InputError):
 
 class SyncError(ShelfrankError):
     """A catalog update could not be fetched, verified or applied; the previous catalog keeps serving."""
+
+
+class RequestBodyError(InputError):
+    """A service request body is not JSON (``malformed``) or breaks its contract; ``field`` names the field."""
+
+    def __init__(self, message: str, *, field: str | None = None, malformed: bool = False) -> None:
+        super().__init__(message)
+        self.field, self.malformed = field, malformed
+
+
+class EventStoreBusyError(ShelfrankError):
+    """The event store could not finish a write-out (another connection holds an old snapshot); retry."""
