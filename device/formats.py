@@ -11,6 +11,7 @@ with a log line in the manifest, the catalog index and deltas (forward compatibi
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import re
 import types
@@ -20,7 +21,8 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 from msgspec import Meta
 
-from shelfrank.errors import ShelfrankError
+from shelfrank.device.text import ACTIONS
+from shelfrank.errors import BundleError, RequestBodyError, ShelfrankError
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +148,544 @@ def log_unknown_fields(obj: Any, type_: Any, where: str) -> None:
 # ---- bundle manifest --------------------------------------------------------------------------
 
 # ---- catalog index and delta (publish and sync) -------------------------------------------------
+#
+# ``publish`` writes and ``sync`` reads (docs/device.md, "Catalog sync")::
+#
+#     index.json                {"signed": IndexSigned, "signature": hex, "key_id": hex}
+#     snapshots/<v>/            the catalog files of version v (catalog_files.FILES)
+#     deltas/<a>-<b>/           changes.json (DeltaChanges), rows.i8.npy, scales.f32.npy
+#
+# The signature covers ``bundle.canonical_json`` of the *raw* signed object, so fields a newer
+# publisher adds stay covered: the envelope decodes to builtins, the signature is checked, and only
+# then is the signed part converted to ``IndexSigned`` (unknown fields logged and ignored).
+
+INDEX_NAME = "index.json"
+INDEX_FORMAT = 1
+#: an index lists a snapshot and a few deltas of three files each (~1 KB per delta); a fixed cap,
+#: since nothing signed says how big it is
+INDEX_MAX_BYTES = 4 << 20
+#: the real index is 5 levels deep; the signature check re-serialises the raw object, so it is bounded
+INDEX_MAX_DEPTH = 16
+MAX_DELTAS = 1000
+DELTA_FILES = ("changes.json", "rows.i8.npy", "scales.f32.npy")
+#: a catalog row's scale is max|x| / 127 (kernel.quantize_rows) of a unit-norm vector (the encoder
+#: L2-normalises, and export normalises the item vectors after adding the learned residual), so it is
+#: at most 1/127; the margin covers float rounding of the norm. A larger scale was not made by the
+#: encoder (a 1e38 one overflows scores to inf/NaN). sync also bounds each delta row's norm.
+ROW_SCALE_MAX = 1.001 / 127
+
+
+#: a catalog version number (the bundle's catalog is version 1)
+Version = NonNegativeInt
+ItemId = Annotated[str, Meta(min_length=1, max_length=1024, pattern=rf"^(?![\s\S]*[{_CONTROL}])")]
+_Text = Annotated[str, Meta(max_length=65536)]
+#: prices and popularity: finite and bounded (JSON has no NaN; 1e999 is refused as out of range)
+_Price = Annotated[float, Meta(ge=0, le=1e12)]
+_Score = Annotated[float, Meta(ge=-1e12, le=1e12)]
+_AwareDatetime = Annotated[_dt.datetime, Meta(tz=True)]
+
+
+class FileRef(msgspec.Struct, frozen=True, kw_only=True):
+    """One published file: where it is below the index, its sha256 and its exact size."""
+
+    path: SafeRelPath
+    sha256: Sha256Hex
+    size: NonNegativeInt
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+def _by_name(files: list[FileRef], what: str) -> dict[str, FileRef]:
+    out = {f.name: f for f in files}
+    if len(out) != len(files):
+        raise ValueError(f"{what}: two files with the same name")
+    return out
+
+
+class SnapshotRef(msgspec.Struct, frozen=True, kw_only=True):
+    """The whole catalog of one version (for a device that is on no delta's base)."""
+
+    version: Version
+    files: Annotated[list[FileRef], Meta(min_length=1, max_length=64)]
+
+    def __post_init__(self) -> None:
+        _by_name(self.files, "snapshot")
+
+    def by_name(self) -> dict[str, FileRef]:
+        return _by_name(self.files, "snapshot")
+
+
+class DeltaRef(msgspec.Struct, frozen=True, kw_only=True):
+    """The changes from catalog version ``from`` to ``to`` (``to > from``: a chain only moves forward)."""
+
+    from_: Version = msgspec.field(name="from")
+    to: Version
+    files: Annotated[list[FileRef], Meta(min_length=len(DELTA_FILES), max_length=64)]
+
+    def __post_init__(self) -> None:
+        if self.to <= self.from_:
+            raise ValueError(f"delta {self.from_}-{self.to}: 'to' must be greater than 'from'")
+        missing = [n for n in DELTA_FILES if n not in _by_name(self.files, f"delta {self.from_}-{self.to}")]
+        if missing:
+            raise ValueError(f"delta {self.from_}-{self.to}: no {', '.join(missing)} in its files")
+
+    def by_name(self) -> dict[str, FileRef]:
+        return _by_name(self.files, f"delta {self.from_}-{self.to}")
+
+
+class IndexSigned(msgspec.Struct, frozen=True, kw_only=True):
+    """The signed part of ``index.json``: the newest version, how to reach it and for which encoder."""
+
+    format_version: int
+    version: Version
+    expires: _AwareDatetime
+    model_sha256: Sha256Hex
+    dim: SmallPositiveInt
+    snapshot: SnapshotRef
+    created_at: _AwareDatetime | None = None
+    count: NonNegativeInt | None = None
+    deltas: Annotated[list[DeltaRef], Meta(max_length=MAX_DELTAS)] = []
+
+    def __post_init__(self) -> None:
+        if self.snapshot.version != self.version:
+            raise ValueError(f"snapshot.version {self.snapshot.version} != version {self.version}")
+        starts = [d.from_ for d in self.deltas]
+        if len(set(starts)) != len(starts):
+            raise ValueError("deltas: two deltas from the same version (an ambiguous chain)")
+
+
+class ItemRecord(msgspec.Struct, kw_only=True):
+    """One catalog item as a delta upserts it (the columns of ``items.sqlite``)."""
+
+    item_id: ItemId
+    title: _Text
+    category: ShortText | None = None
+    brand: ShortText | None = None
+    price: _Price | None = None
+    in_stock: bool = True
+    popularity: _Score = 0.0
+
+
+class DeltaChanges(msgspec.Struct, kw_only=True):
+    """``changes.json`` of a delta: ids removed, then records upserted (row k ↔ rows.i8.npy row k)."""
+
+    from_: Version = msgspec.field(name="from")
+    to: Version
+    remove: list[ItemId] = []
+    upsert: list[ItemRecord] = []
+
+    def __post_init__(self) -> None:
+        ids = [it.item_id for it in self.upsert]
+        if len(set(ids)) != len(ids):
+            raise ValueError("upsert: the same item_id twice")
+
+
+def _ignored(obj: Any, type_: Any, where: str) -> None:
+    # list positions collapsed (``upsert.*.color``): one line, not one name per upserted item
+    extra = dict.fromkeys(re.sub(r"(^|\.)\d+(?=\.)", r"\1*", n) for n in unknown_fields(obj, type_))
+    if extra:
+        logger.info("%s: ignoring field(s) this runtime does not know: %s", where, ", ".join(extra))
+
+
+class _IndexEnvelope(msgspec.Struct, kw_only=True):
+    signed: dict[str, Any]
+    signature: Annotated[str, Meta(max_length=1024, pattern="^([0-9a-f]{2})+$")]
+    key_id: ShortText = ""
+
+
+def decode_index_envelope(data: bytes, *, where: str) -> tuple[dict[str, Any], bytes]:
+    """(the raw signed object, the signature) of ``index.json`` bytes, before the signature is checked.
+
+    Raises:
+        SyncError: too large, not JSON, nested too deeply, or not ``{"signed": {...}, "signature": hex}``.
+    """
+    from shelfrank.errors import SyncError
+
+    if len(data) > INDEX_MAX_BYTES:
+        raise SyncError(f"{where}: larger than {INDEX_MAX_BYTES} bytes; not a shelfrank catalog index")
+    doc = decode_json(data, where=where, error=SyncError)
+    stack = [(doc, 1)]
+    while stack:  # iterative: the check itself must not recurse
+        obj, depth = stack.pop()
+        if depth > INDEX_MAX_DEPTH:
+            raise SyncError(f"{where}: nested deeper than {INDEX_MAX_DEPTH} levels; not a shelfrank catalog index")
+        if isinstance(obj, dict):
+            stack += [(v, depth + 1) for v in obj.values()]
+        elif isinstance(obj, list):
+            stack += [(v, depth + 1) for v in obj]
+    env = convert(doc, _IndexEnvelope, where=where, error=SyncError, fix="not a shelfrank catalog index")
+    return env.signed, bytes.fromhex(env.signature)
+
+
+def decode_index_signed(signed: dict[str, Any], *, where: str) -> IndexSigned:
+    """The signed part of an index (already verified) as :class:`IndexSigned`.
+
+    Raises:
+        SyncError: another ``format_version``, or a field that breaks its type or constraint.
+    """
+    from shelfrank.errors import SyncError
+
+    fv = signed.get("format_version")
+    if fv != INDEX_FORMAT:
+        raise SyncError(
+            f"{where}: index format_version {fv!r} is not supported (this runtime reads {INDEX_FORMAT}); "
+            "update the device runtime"
+        )
+    out = convert(signed, IndexSigned, where=where, error=SyncError, fix="republish the catalog")
+    _ignored(signed, IndexSigned, where)
+    return out
+
+
+def encode_index_signed(signed: IndexSigned) -> dict[str, Any]:
+    """``signed`` as the JSON object publish signs.
+
+    Datetimes as ``datetime.isoformat`` (``+00:00``), not msgspec's ``Z``: runtimes on Python 3.10
+    read ``expires`` with ``fromisoformat``, which refuses ``Z``.
+    """
+    obj = msgspec.to_builtins(signed, builtin_types=(_dt.datetime,))
+    return {k: v.isoformat() if isinstance(v, _dt.datetime) else v for k, v in obj.items() if v is not None}
+
+
+def decode_delta_changes(data: bytes, *, where: str) -> DeltaChanges:
+    """``changes.json`` of a delta as :class:`DeltaChanges`.
+
+    Raises:
+        SyncError: not JSON, nested too deeply, or a field that breaks its type or constraint.
+    """
+    from shelfrank.errors import SyncError
+
+    obj = decode_json(data, where=where, error=SyncError)
+    out = convert(obj, DeltaChanges, where=where, error=SyncError, fix="republish the catalog")
+    _ignored(obj, DeltaChanges, where)
+    return out
+
+
+def encode_delta_changes(changes: DeltaChanges) -> bytes:
+    return msgspec.json.encode(changes)
+
 
 # ---- board config (firmware_configs/*.toml) -----------------------------------------------------
 
 # ---- service request and response bodies ------------------------------------------------------
+# What ``shelfrank serve`` reads and writes (device/serve.py) and what /openapi.json publishes:
+# one set of types for both, so the description and the server cannot disagree. A request body
+# is decoded in one call by :func:`decode_request`; unknown fields are refused.
+
+#: the most items one request may ask for
+MAX_K = 1000
+#: the longest id (shopper or item) a request may carry
+MAX_ID_CHARS = 1024
+
+UserId = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_ID_CHARS,
+        pattern=r"\S",
+        description="The shopper's id (any string with a non-space character).",
+        examples=["u42"],
+    ),
+]
+ItemId = Annotated[
+    str,
+    Meta(
+        min_length=1, max_length=MAX_ID_CHARS, description="An item id of the catalog served.", examples=["SKU-00123"]
+    ),
+]
+#: a count of items. A JSON Schema "integer" is any number with no fraction (3.0 too), so the
+#: contract is a number that is a multiple of 1, made an int on decoding (see _Body.__post_init__)
+Count = Annotated[float, Meta(ge=1, le=MAX_K, multiple_of=1, description="How many items to return.")]
+Strings = Annotated[typing.Union[str, list[str]], Meta(description="A string or a list of strings.")]
+Action = typing.Literal[ACTIONS]  # type: ignore[valid-type]  # view, click, cart, purchase
+_UNSET = msgspec.UNSET
+
+
+class _Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A request body: unknown fields are refused (a typo is a mistake, never silently ignored)."""
+
+    def __post_init__(self) -> None:
+        k = getattr(self, "k", None)
+        if isinstance(k, float):
+            self.k = int(k)  # type: ignore[attr-defined]
+
+
+class Where(_Body):
+    """Filters (all optional, combined with AND). An item with an unknown price never passes a price
+    filter; ids in allow_ids/deny_ids that are not in the catalog are ignored."""
+
+    category: Annotated[Strings, Meta(description="Only these categories.")] | msgspec.UnsetType = _UNSET
+    brand: Annotated[Strings, Meta(description="Only these brands.")] | msgspec.UnsetType = _UNSET
+    min_price: Annotated[float, Meta(description="Price at least this.")] | msgspec.UnsetType = _UNSET
+    max_price: Annotated[float, Meta(description="Price at most this.")] | msgspec.UnsetType = _UNSET
+    in_stock: Annotated[bool, Meta(description="Only items in (true) or out of (false) stock.")] | msgspec.UnsetType = (
+        _UNSET
+    )
+    allow_ids: Annotated[list[str], Meta(description="Only these item ids.")] | msgspec.UnsetType = _UNSET
+    deny_ids: Annotated[list[str], Meta(description="Never these item ids.")] | msgspec.UnsetType = _UNSET
+
+    def as_filter(self) -> dict[str, Any] | None:
+        """The ``where`` mapping :meth:`Catalog.mask` takes (the fields given), None when empty."""
+        out = {f: v for f in self.__struct_fields__ if (v := getattr(self, f)) is not _UNSET}
+        return out or None
+
+
+class RecordRequest(_Body):
+    user_id: UserId
+    item_id: ItemId
+    action: Action
+    ts: Annotated[float, Meta(description="Event time, Unix seconds (default: now).")] | msgspec.UnsetType = _UNSET
+
+
+class RecommendRequest(_Body):
+    user_id: UserId
+    k: Count = 10
+    exclude_seen: Annotated[bool, Meta(description="Leave out items in the shopper's history.")] = True
+    where: Where | msgspec.UnsetType = _UNSET
+
+
+class SimilarRequest(_Body):
+    item_id: ItemId
+    k: Count = 10
+    where: Where | msgspec.UnsetType = _UNSET
+
+
+class SearchRequest(_Body):
+    text: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            pattern=r"\S",
+            description="Free text; only its first few hundred words are read (the encoder's max_len tokens).",
+            examples=["wireless headphones"],
+        ),
+    ]
+    k: Count = 10
+    where: Where | msgspec.UnsetType = _UNSET
+
+
+class UserRequest(_Body):
+    user_id: UserId
+
+
+REQUEST_BODIES: tuple[type[_Body], ...] = (RecordRequest, RecommendRequest, SimilarRequest, SearchRequest, UserRequest)
+_DECODERS = {t: msgspec.json.Decoder(t) for t in REQUEST_BODIES}
+_BodyT = TypeVar("_BodyT", bound=_Body)
+_LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_MESSAGE_HELP = {
+    r"Expected `str` matching regex '\\S'": "Expected a string with a non-space character",
+    "Expected `float` that's a multiple of 1.0": "Expected an integer",
+    "Number out of range": "Expected a finite number (this one is out of range)",
+}
+
+
+def decode_request(body: bytes, type_: type[_BodyT]) -> _BodyT:
+    """A request body (UTF-8 JSON) as ``type_``, checked against its constraints in one call.
+
+    Raises:
+        RequestBodyError: ``malformed`` when the body is not UTF-8 JSON; else ``field`` names the
+            field that is missing, unknown, of the wrong type or out of range (None: the body itself).
+    """
+    try:
+        return _DECODERS[type_].decode(body)
+    except msgspec.ValidationError as e:
+        raise _contract_error(str(e), type_) from None
+    except msgspec.DecodeError as e:
+        raise _malformed(body, e) from None
+    except RecursionError:  # not reached with these types (no free-form field); kept typed regardless
+        raise RequestBodyError("the request body is nested too deeply", malformed=True) from None
+
+
+def _malformed(body: bytes, e: msgspec.DecodeError) -> RequestBodyError:
+    if not body.strip():
+        return RequestBodyError("the request body is empty; send a JSON object", malformed=True)
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as u:
+        return RequestBodyError(f"the request body is not UTF-8 ({u.reason} at byte {u.start})", malformed=True)
+    hint = ""
+    if _LONE_SURROGATE.search(body):
+        hint = " (a \\uD800-\\uDFFF escape must be one half of a surrogate pair)"
+    return RequestBodyError(f"the request body is not valid JSON: {e}{hint}", malformed=True)
+
+
+def _contract_error(text: str, type_: type[_Body]) -> RequestBodyError:
+    """msgspec's ValidationError as a message that starts with the field: ``where.k: Expected …``."""
+    msg, sep, at = text.rpartition(" - at `")
+    if not sep:
+        msg, at = text, ""
+    path = at.rstrip("`").removeprefix("$").removeprefix(".")
+    for word in ("unknown", "missing required"):
+        m = re.fullmatch(rf"Object (?:contains )?{word} field `(.*)`", msg, re.S)
+        if m:
+            name = f"{path}.{m.group(1)}" if path else m.group(1)
+            if word == "unknown":
+                allowed = ", ".join(_struct_at(type_, path).__struct_fields__)
+                where = f" in {path}" if path else ""
+                return RequestBodyError(f"{name} is not a known field; allowed{where}: {allowed}", field=name)
+            return RequestBodyError(f"{name} is required", field=name)
+    for raw, words in _MESSAGE_HELP.items():
+        msg = msg.replace(raw, words)
+    return RequestBodyError(f"{path or 'request body'}: {msg}", field=path or None)
+
+
+def _struct_at(type_: type[_Body], path: str) -> type[_Body]:
+    """The Struct type a dotted field path (from a ValidationError) lands in; ``type_`` for ''."""
+    for name in filter(None, re.sub(r"\[\d+\]", "", path).split(".")):
+        field = {f.name: f.type for f in msgspec.structs.fields(type_)}.get(name)
+        nested = [t for t in _leaves(field) if isinstance(t, type) and issubclass(t, _Body)]
+        if not nested:
+            break
+        type_ = nested[0]
+    return type_
+
+
+def _leaves(t: Any) -> list[Any]:
+    origin = typing.get_origin(t)
+    if origin is Annotated:
+        return _leaves(typing.get_args(t)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [leaf for a in typing.get_args(t) for leaf in _leaves(a)]
+    return [t]
+
+
+class _Out(msgspec.Struct):
+    """A response body."""
+
+
+class ScoredItem(_Out):
+    item_id: str
+    score: Annotated[float, Meta(description="Cosine similarity; for a shopper without history, popularity.")]
+    title: str
+    category: str | None
+    brand: str | None
+    price: float | None
+    in_stock: bool
+
+
+class HistoryEvent(_Out):
+    item_id: str
+    action: Action
+    ts: float
+
+
+#: the ``error`` member of every refusal
+ERROR_KINDS = (
+    "bad_request",
+    "internal_error",
+    "invalid_input",
+    "invalid_json",
+    "length_required",
+    "method_not_allowed",
+    "not_found",
+    "payload_too_large",
+    "request_timeout",
+    "unavailable",
+    "unknown_item",
+    "unsupported_media_type",
+    "uri_too_long",
+    "validation_error",
+    "headers_too_large",
+)
+
+
+class ErrorBody(_Out):
+    error: typing.Literal[ERROR_KINDS]  # type: ignore[valid-type]
+    message: Annotated[str, Meta(description="What is wrong, naming the field.")]
+    field: Annotated[str, Meta(description="The offending field, e.g. where.min_price (when one is).")] | (
+        msgspec.UnsetType
+    ) = _UNSET
+
+
+class RecordResponse(_Out):
+    user_id: str
+    item_id: str
+    action: Action
+    ts: float
+
+
+class RecommendResponse(_Out):
+    user_id: str
+    catalog_version: int
+    items: list[ScoredItem]
+
+
+class SimilarResponse(_Out):
+    item_id: str
+    catalog_version: int
+    items: list[ScoredItem]
+
+
+class SearchResponse(_Out):
+    catalog_version: int
+    items: list[ScoredItem]
+
+
+class HistoryResponse(_Out):
+    user_id: str
+    events: list[HistoryEvent]
+
+
+class ForgetResponse(_Out):
+    user_id: str
+    forgotten: typing.Literal[True]
+
+
+class HealthResponse(_Out):
+    status: typing.Literal["ok"]
+    catalog_version: int
+    catalog_items: Annotated[int, Meta(ge=1)]
+
+
+class BundleStatus(_Out):
+    path: str
+    format_version: int
+    created_at: str
+    model_sha256: str
+    publisher_key_id: str
+
+
+class CatalogStatus(_Out):
+    version: int
+    items: int
+    bundle_version: Annotated[int, Meta(description="the bundle's own catalog version")]
+    source: typing.Literal["bundle", "synced"]
+
+
+class RequestCounts(_Out):
+    total: int
+    by_operation: dict[str, int]
+    by_status: dict[str, int]
+
+
+class StatusResponse(_Out):
+    service: typing.Literal["shelfrank"]
+    version: Annotated[str, Meta(description="shelfrank package version")]
+    bundle: BundleStatus
+    catalog: CatalogStatus
+    board: str | None
+    threads: int
+    isa: Annotated[str, Meta(description="the top-k kernel path in use")]
+    started_at: Annotated[str, Meta(description="UTC, ISO 8601 (date-time)")]
+    uptime_s: float
+    requests: Annotated[RequestCounts, Meta(description="requests answered before this one")]
+
+
+RESPONSE_BODIES: tuple[type[_Out], ...] = (
+    ErrorBody,
+    RecordResponse,
+    RecommendResponse,
+    SimilarResponse,
+    SearchResponse,
+    HistoryResponse,
+    ForgetResponse,
+    HealthResponse,
+    StatusResponse,
+)
+
+
+def service_schemas(ref_template: str = "#/components/schemas/{name}") -> dict[str, Any]:
+    """JSON Schema (2020-12, as OpenAPI 3.1 takes it) of every request and response body, by type name."""
+    _, components = msgspec.json.schema_components((*REQUEST_BODIES, *RESPONSE_BODIES), ref_template=ref_template)
+    return components
