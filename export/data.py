@@ -4,7 +4,9 @@ Formats (DESIGN.md, "Data formats"):
 - items: CSV, JSONL or Parquet with ``item_id`` (string) and ``title``; optional ``category``,
   ``brand``, ``price``, ``in_stock``.
 - events: ``user_id``, ``item_id``, ``action`` ∈ {view, click, cart, purchase}, optional ``ts``
-  (file order otherwise).
+  (file order otherwise): epoch seconds (a number, or a string of one) or an ISO 8601 date-time
+  (``2020-03-01 09:30:00``, ``2020-03-01T09:30:00Z``, ``…+02:00``, fractional seconds, a bare
+  date); one without a zone is UTC. Events with equal ``ts`` keep their file order (a basket).
 
 Bad input raises :class:`ExportValidationError` naming the file, row and field; events whose item
 is unknown are skipped with one counted warning (a shop's log routinely mentions delisted items).
@@ -18,6 +20,7 @@ import logging
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +191,47 @@ def _price(path: Path, lineno: int, value: Any) -> float:
     return p
 
 
+TS_FORMS = (
+    "epoch seconds (1583055000, 1583055000.25, also quoted) or an ISO 8601 date-time "
+    "(2020-03-01 09:30:00, 2020-03-01T09:30:00Z, 2020-03-01T09:30:00.250+02:00, 2020-03-01); "
+    "no zone means UTC"
+)
+
+
+def parse_ts(value: Any) -> float:
+    """Epoch seconds (float) from a ``ts`` value; see :data:`TS_FORMS` for what is accepted.
+
+    A string of digits is epoch seconds, never a basic-format date (``20200301``). ISO 8601 goes
+    through :meth:`datetime.fromisoformat` (``Z`` read as UTC first, for Python 3.10); a naive
+    date-time is UTC, so a log written in one shop's local time still orders correctly.
+
+    Raises:
+        ValueError: not one of the accepted forms, or not finite.
+    """
+    if isinstance(value, bool):  # bool is an int: True is no timestamp
+        raise ValueError("a boolean is not a timestamp")
+    if isinstance(value, (int, float)):
+        t = float(value)
+    elif isinstance(value, datetime):  # Parquet timestamp columns (and pandas.Timestamp)
+        t = (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+    elif isinstance(value, date):
+        t = datetime(value.year, value.month, value.day, tzinfo=timezone.utc).timestamp()
+    elif isinstance(value, str):
+        s = value.strip()
+        try:
+            t = float(s)
+        except ValueError:
+            if s[-1:] in ("Z", "z"):
+                s = s[:-1] + "+00:00"
+            dt = datetime.fromisoformat(s)  # ValueError when it is not ISO 8601 either
+            t = (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+    else:
+        raise ValueError(f"a {type(value).__name__} is not a timestamp")
+    if not math.isfinite(t):
+        raise ValueError("not finite")
+    return t
+
+
 def load_items(path: str | Path) -> Catalog:
     """Read an items file. Raises ExportValidationError on missing columns, empty titles or duplicates."""
     path = Path(path)
@@ -255,12 +299,9 @@ def load_events(path: str | Path, catalog: Catalog) -> tuple[Events, list[str]]:
             continue
         if row_has_ts:
             try:
-                t = float(ts_raw)
-            except (TypeError, ValueError) as e:
-                raise ExportValidationError(f"{path}:{lineno}: field 'ts' must be a number, got {ts_raw!r}") from e
-            if not math.isfinite(t):
-                raise ExportValidationError(f"{path}:{lineno}: field 'ts' must be finite, got {ts_raw!r}")
-            t_col.append(t)
+                t_col.append(parse_ts(ts_raw))
+            except (ValueError, OverflowError) as e:
+                raise ExportValidationError(f"{path}:{lineno}: field 'ts' must be {TS_FORMS}; got {ts_raw!r}") from e
         u_col.append(users.setdefault(user, len(users)))
         i_col.append(row)
         a_col.append(ACTION_IDS[action])
@@ -342,13 +383,37 @@ class Split:
     """Training sequences plus held-out (history, target) cases, as catalog rows.
 
     ``train`` holds each user's sequence without its held-out items; ``valid``/``test`` hold
-    (user, history steps, target row).
+    (user, history steps, target row). ``cut`` says where a time split cut (``valid_from`` and
+    ``test_from`` in epoch seconds, and the fractions of events they leave after them); it is
+    ``None`` for leave-one-out. :meth:`describe` is the one line a report prints.
     """
 
     kind: str
     train: list[list[tuple[int, int]]]
     valid: list[tuple[int, list[tuple[int, int]], int]]
     test: list[tuple[int, list[tuple[int, int]], int]]
+    cut: dict[str, float] | None = None
+
+    def describe(self) -> str:
+        if self.kind == "leave-one-out":
+            return "leave-one-out (valid = each shopper's second-to-last step, test = the last)"
+        if self.cut is None:
+            return self.kind
+        c = self.cut
+        return (
+            f"{self.kind} (valid targets from {_when(c['valid_from'])}, test targets from "
+            f"{_when(c['test_from'])}: the last {c['valid_frac']:.0%} + {c['test_frac']:.0%} of events)"
+        )
+
+
+SPLITS = ("leave-one-out", "time")
+
+
+def _when(t: float) -> str:
+    """An epoch-seconds cut as UTC ISO 8601 (the raw number too, when it is not a plausible date)."""
+    if 0 <= t < 4e9:  # 1970 … 2096: a date; outside, the shop's ts was some other counter
+        return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
+    return f"ts {t:g}"
 
 
 def leave_one_out(ds: Dataset, *, min_len: int = 3) -> Split:
@@ -389,4 +454,19 @@ def time_split(ds: Dataset, *, valid_frac: float = 0.1, test_frac: float = 0.1) 
             valid.append((u, steps[:cut_v], steps[cut_v][0]))
         if cut_t < len(seq) and cut_t > 0:
             test.append((u, steps[:cut_t], steps[cut_t][0]))
-    return Split("time", train, valid, test)
+    cut = {"valid_from": float(t_valid), "test_from": float(t_test), "valid_frac": valid_frac, "test_frac": test_frac}
+    logger.info("time split: valid targets from %s, test from %s", _when(cut["valid_from"]), _when(cut["test_from"]))
+    return Split("time", train, valid, test, cut)
+
+
+def make_split(ds: Dataset, kind: str) -> Split:
+    """The split named ``kind`` (one of :data:`SPLITS`).
+
+    Raises:
+        ExportValidationError: an unknown kind, or ``time`` on data without timestamps.
+    """
+    if kind == "leave-one-out":
+        return leave_one_out(ds)
+    if kind == "time":
+        return time_split(ds)
+    raise ExportValidationError(f"unknown split {kind!r}; use one of {', '.join(SPLITS)}")

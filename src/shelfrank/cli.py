@@ -90,8 +90,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if not (args.items and args.events):
             raise ShelfrankError("--dataset files needs --items PATH and --events PATH")
         ds = data.load_files(args.items, args.events)
+    split = data.make_split(ds, args.split)
     res = run_export(
-        ds, args.out, key=args.key, preset=args.preset, teacher=args.teacher, resume=args.resume, fp16=args.fp16
+        ds,
+        args.out,
+        key=args.key,
+        preset=args.preset,
+        teacher=args.teacher,
+        resume=args.resume,
+        split=split,
+        fp16=args.fp16,
     )
     from shelfrank.export.pipeline import render_quality
 
@@ -241,7 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dataset", choices=["demo", "amazon-games", "files"], default="demo")
     ex.add_argument("--data-dir", help="shared/data folder for amazon-games (default $SHELFRANK_DATA)")
     ex.add_argument("--items", help="items file (CSV/JSONL/Parquet) for --dataset files")
-    ex.add_argument("--events", help="events file for --dataset files")
+    ex.add_argument(
+        "--events",
+        help="events file for --dataset files: user_id, item_id, action (view|click|cart|purchase), optional ts "
+        "(epoch seconds, or ISO 8601 such as '2020-03-01 09:30:00', '2020-03-01T09:30:00Z', "
+        "'2020-03-01T09:30:00.250+02:00', '2020-03-01'; no zone = UTC; equal ts keep file order)",
+    )
+    ex.add_argument(
+        "--split",
+        choices=["leave-one-out", "time"],
+        default="leave-one-out",
+        help="held-out cases: each shopper's last two steps (default), or a global time cut at the "
+        "90%%/80%% quantiles of ts (needs ts; the cut is logged and in the quality report)",
+    )
     ex.add_argument("--out", required=True, help="bundle directory to write")
     ex.add_argument("--preset", choices=["quick", "full"], default="quick")
     ex.add_argument("--key", required=True, help="Ed25519 private key (shelfrank keygen)")
