@@ -11,6 +11,7 @@ is complete and signed, so an interrupted export never leaves a half-written bun
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -25,6 +26,7 @@ import numpy as np
 from shelfrank.bench_pipeline import time_calls
 from shelfrank.device import bundle as bfmt
 from shelfrank.device.text import history_text, item_text
+from shelfrank.errors import ExportValidationError
 from shelfrank.export.bundle_writer import replace_dir, write_bundle
 from shelfrank.export.data import Dataset, Split, leave_one_out
 
@@ -92,20 +94,125 @@ def _torch_imports():
 
 
 class _Stages:
-    """Times each stage and keeps its outputs in the work folder for --resume."""
+    """Times each stage and keeps its outputs in the work folder for --resume.
 
-    def __init__(self, work: Path, resume: bool) -> None:
+    ``fingerprint.json`` in the work folder records what its checkpoints were trained from
+    (:meth:`fingerprint_of`: the dataset's content, the preset, the teacher, the split) and which
+    checkpoints were completed under that fingerprint. A fresh run starts a new record (older
+    files stop counting at once); ``--resume`` on a folder whose fingerprint differs is refused
+    with an ExportValidationError naming what changed, rather than retraining silently: the user
+    asked to reuse hours of training, and either reusing the wrong checkpoint or quietly redoing
+    it would surprise them. A checkpoint counts only once its stage is done (or
+    :func:`_checkpointed` saved it), so an interruption mid-write never leaves one that resumes.
+    """
+
+    FILE = "fingerprint.json"
+
+    def __init__(self, work: Path, resume: bool, fingerprint: dict[str, str] | None = None) -> None:
         self.work, self.resume, self.times = work, resume, {}
+        self.fingerprint = dict(fingerprint or {})
+        self._done: set[str] = set()  # checkpoints complete under this fingerprint
+        self._pending: set[str] = set()  # claimed by have(), counted at the stage's done()
         work.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._check_resume()
+        self._save()
+
+    @staticmethod
+    def fingerprint_of(ds: Dataset, preset: Preset, teacher: str | Path | None, split: Split | None) -> dict[str, str]:
+        """What the checkpoints depend on, one readable entry per part (hashes are sha256)."""
+        h = hashlib.sha256()
+        cat, ev = ds.catalog, ds.events
+        for col in (cat.item_ids, cat.titles, cat.category, cat.brand, ds.users):
+            h.update("\x1f".join("\x00" if v is None else v for v in col).encode() + b"\x1e")
+        for arr in (cat.price, cat.in_stock, ev.user, ev.item, ev.action, ev.ts):
+            h.update(b"-" if arr is None else np.ascontiguousarray(arr).tobytes())
+            h.update(b"\x1e")
+        preset_json = json.dumps(asdict(preset), sort_keys=True)
+        if teacher is None:
+            from shelfrank.export.models import packaged_teacher_path
+
+            t_path, t_name = packaged_teacher_path(), "packaged all-MiniLM-L6-v2"
+        else:
+            t_path = Path(teacher)
+            t_name = str(t_path.resolve())
+        th = hashlib.sha256()
+        # the files that decide the weights and the tokens (not READMEs or other formats beside them)
+        for f in sorted(t_path.glob("*")):
+            if f.is_file() and (f.name in ("config.json", "tokenizer.json") or f.suffix in (".safetensors", ".bin")):
+                th.update(f.name.encode() + b"\x00" + bfmt.sha256_file(f).encode())
+        kind = "leave-one-out" if split is None else split.kind
+        if split is not None and split.cut:
+            kind += " " + json.dumps(split.cut, sort_keys=True)
+        return {
+            "dataset": f"{ds.name}: {len(cat)} items, {len(ev)} events, sha256 {h.hexdigest()[:16]}",
+            "preset": f"{preset.name}, sha256 {hashlib.sha256(preset_json.encode()).hexdigest()[:16]}",
+            "teacher": f"{t_name}, sha256 {th.hexdigest()[:16]}",
+            "split": kind,
+        }
+
+    def _check_resume(self) -> None:
+        path = self.work / self.FILE
+        if not path.exists():
+            # a folder from before fingerprints (or from a crash before the first write): its
+            # checkpoints have no known origin
+            if any(f.name != "export.log" for f in self.work.iterdir()):
+                raise ExportValidationError(
+                    f"{self.work}: --resume found checkpoints without a {self.FILE} (an older shelfrank "
+                    "wrote them), so nothing says they match this data; run without --resume to retrain"
+                )
+            return
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            old, done = dict(stored["fingerprint"]), set(stored["checkpoints"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ExportValidationError(f"{path}: unreadable ({e}); run without --resume to retrain") from e
+        changed = [k for k in sorted(set(old) | set(self.fingerprint)) if old.get(k) != self.fingerprint.get(k)]
+        if changed:
+            what = "; ".join(f"{k} was {old.get(k)!r}, now {self.fingerprint.get(k)!r}" for k in changed)
+            raise ExportValidationError(
+                f"{self.work}: --resume refused, its checkpoints came from other input ({what}); "
+                "run without --resume to retrain them, or write to another --out"
+            )
+        self._done = done
+        logger.info("resume: %d checkpoint(s) match this input (%s)", len(done), ", ".join(sorted(done)) or "none")
+
+    def _save(self) -> None:
+        rec = {"fingerprint": self.fingerprint, "checkpoints": sorted(self._done)}
+        tmp = self.work / (self.FILE + ".tmp")
+        tmp.write_text(json.dumps(rec, indent=1) + "\n", encoding="utf-8")
+        tmp.replace(self.work / self.FILE)
 
     def have(self, *names: str) -> bool:
-        return self.resume and all((self.work / n).exists() for n in names)
+        """True on --resume when every named checkpoint was completed under this fingerprint.
+
+        Otherwise the caller is about to (re)write them: older copies are removed first, and the
+        names count once the stage is done.
+        """
+        if self.resume and all(n in self._done and (self.work / n).exists() for n in names):
+            return True
+        for n in names:
+            (self.work / n).unlink(missing_ok=True)
+        if self._done & set(names):
+            self._done -= set(names)
+            self._save()
+        self._pending.update(names)
+        return False
+
+    def completed(self, *names: str) -> None:
+        """Count these checkpoints as written under this fingerprint."""
+        self._pending -= set(names)
+        self._done.update(names)
+        self._save()
 
     def start(self, name: str) -> float:
         logger.info("== %s", name)
         return time.monotonic()
 
     def done(self, name: str, t0: float) -> None:
+        if self._pending:
+            self.completed(*[n for n in self._pending if (self.work / n).exists()])
+            self._pending.clear()
         self.times[name] = round(time.monotonic() - t0, 1)
         logger.info("== %s done in %.1f s", name, self.times[name])
 
@@ -135,7 +242,10 @@ def _checkpointed(st: _Stages, name: str, module, train) -> None:
         module.load_state_dict(torch.load(st.work / name))
     else:
         train()
-        torch.save(module.state_dict(), st.work / name)
+        tmp = st.work / (name + ".tmp")
+        torch.save(module.state_dict(), tmp)
+        tmp.replace(st.work / name)  # whole or absent: an interrupted save never resumes
+        st.completed(name)
 
 
 def run_export(
@@ -187,7 +297,7 @@ def run_export(
     t_start = time.monotonic()
     torch.manual_seed(p.seed)
     work = Path(str(out) + ".work")
-    st = _Stages(work, resume)
+    st = _Stages(work, resume, _Stages.fingerprint_of(ds, p, teacher, split))
     file_log = logging.FileHandler(work / "export.log")
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("shelfrank").addHandler(file_log)
