@@ -105,6 +105,7 @@ class EncoderTrainConfig:
     max_len: int = 32
     temperature: float = 0.05
     distill_weight: float = 1.0  # student only: weight of the embedding MSE to the teacher
+    time_budget_s: float | None = None  # checked after every step: stop early (the LR schedule stays)
     seed: int = 0
 
 
@@ -138,6 +139,7 @@ def train_encoder(
     losses: list[float] = []
     encoder.train()
     bar = _bar(cfg.steps - start_step, desc)
+    t0 = time.monotonic()
     for step in range(start_step, cfg.steps):
         batch = pairs[rng.integers(len(pairs), size=cfg.batch)]
         a_ids, b_ids = batch[:, 0], batch[:, 1]
@@ -158,6 +160,9 @@ def train_encoder(
             logger.info("%s step %d/%d loss %.4f", desc, step + 1, cfg.steps, np.mean(losses[-50:]))
             if checkpoint is not None:
                 checkpoint(step + 1)
+        if cfg.time_budget_s is not None and time.monotonic() - t0 > cfg.time_budget_s and step + 1 < cfg.steps:
+            logger.info("%s: time budget (%.0f s) reached at step %d/%d", desc, cfg.time_budget_s, step + 1, cfg.steps)
+            break
     bar.close()
     encoder.eval()
     return losses
@@ -169,14 +174,29 @@ def train_encoder(
 history_arrays = tower_inputs  # the device builds its tower input with the same function
 
 
+def tower_case_index(train: Sequence[Steps]) -> tuple[np.ndarray, np.ndarray]:
+    """Every (prefix, next item) case of the training sequences as (sequence, position) int64 rows.
+
+    The case's history is ``train[seq][:pos]`` (its newest ``max_events`` steps), its target
+    ``train[seq][pos]``. Histories are cut per batch, so memory stays two int64 per case however
+    long the shop's log is.
+    """
+    lens = np.fromiter((len(seq) for seq in train), np.int64, count=len(train))
+    seq = np.repeat(np.arange(len(train), dtype=np.int64), np.maximum(lens - 1, 0))
+    starts = np.cumsum(np.maximum(lens - 1, 0)) - np.maximum(lens - 1, 0)
+    pos = np.arange(len(seq), dtype=np.int64) - np.repeat(starts, np.maximum(lens - 1, 0)) + 1
+    return seq, pos
+
+
+def _case_histories(train: Sequence[Steps], seq: np.ndarray, pos: np.ndarray, max_events: int) -> list[Steps]:
+    return [train[s][max(0, t - max_events) : t] for s, t in zip(seq.tolist(), pos.tolist())]
+
+
 def tower_cases(train: Sequence[Steps], max_events: int) -> tuple[list[Steps], np.ndarray]:
     """Every (prefix, next item) of the training sequences."""
-    hists, targets = [], []
-    for seq in train:
-        for t in range(1, len(seq)):
-            hists.append(seq[max(0, t - max_events) : t])
-            targets.append(seq[t][0])
-    return hists, np.asarray(targets, np.int64)
+    seq, pos = tower_case_index(train)
+    targets = np.asarray([train[s][t][0] for s, t in zip(seq.tolist(), pos.tolist())], np.int64)
+    return _case_histories(train, seq, pos, max_events), targets
 
 
 @dataclass
@@ -191,7 +211,8 @@ class TowerConfig:
     dropout: float = 0.2
     id_residual: bool = True
     residual_decay: float = 0.0
-    time_budget_s: float | None = None
+    time_budget_s: float | None = None  # checked after every batch; the best epoch so far is kept
+    max_cases: int | None = None  # training cases per epoch; above it each epoch samples this many
     seed: int = 0
 
 
@@ -244,7 +265,11 @@ def train_tower(
 ) -> tuple[TowerModel, list[dict]]:
     """Train the tower (and item residuals) with a full softmax over the catalog.
 
-    Keeps the epoch with the best validation NDCG@10 (on up to 3,000 valid cases).
+    Keeps the epoch with the best validation NDCG@10 (on up to 3,000 valid cases). Bounded by
+    the data as well as by epochs: with ``cfg.max_cases`` each epoch trains on that many cases
+    drawn afresh (seeded) from all of them, and ``cfg.time_budget_s`` is checked after every
+    batch: past it the epoch stops where it is, is validated like a whole one, and training
+    ends (the log and the epoch's history entry say so).
     """
     from accelerate import Accelerator
 
@@ -255,13 +280,25 @@ def train_tower(
     if init is not None:
         state = {k: v for k, v in init.state_dict().items() if k != "base"}
         model.load_state_dict(state, strict=False)
-    hists, targets = tower_cases(train, cfg.max_events)
-    h_rows, h_acts, h_mask = (torch.from_numpy(a) for a in history_arrays(hists, cfg.max_events))
-    t_targets = torch.from_numpy(targets)
+    c_seq, c_pos = tower_case_index(train)
+    t_targets = torch.from_numpy(np.asarray([train[s][t][0] for s, t in zip(c_seq.tolist(), c_pos.tolist())], np.int64))
+    n_cases = len(t_targets)
+    per_epoch = n_cases if cfg.max_cases is None else min(n_cases, cfg.max_cases)
+    if per_epoch < n_cases:
+        logger.info(
+            "%s: %s training cases; each epoch samples %s of them (%.1f%%, seed %d)",
+            desc,
+            f"{n_cases:,}",
+            f"{per_epoch:,}",
+            100 * per_epoch / n_cases,
+            cfg.seed,
+        )
+    else:
+        logger.info("%s: %s training cases per epoch", desc, f"{n_cases:,}")
     acc = Accelerator(cpu=not torch.cuda.is_available())
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    steps_per_epoch = math.ceil(len(targets) / cfg.batch)
+    steps_per_epoch = math.ceil(per_epoch / cfg.batch)
     sched = _schedule(opt, steps_per_epoch * cfg.epochs, warmup=0.02)
     model, opt = acc.prepare(model, opt)
     rng = np.random.default_rng(cfg.seed)
@@ -271,15 +308,19 @@ def train_tower(
     n_items = rows.shape[0]
     best, best_state, history = -1.0, None, []
     t0 = time.monotonic()
+    budget = cfg.time_budget_s
     for epoch in range(cfg.epochs):
         model.train()
-        perm = torch.from_numpy(rng.permutation(len(targets)))
+        perm = rng.permutation(n_cases)[:per_epoch]
         bar = _bar(steps_per_epoch, f"{desc} epoch {epoch + 1}/{cfg.epochs}")
-        total = 0.0
+        total, batches, out_of_time = 0.0, 0, False
         for s in range(steps_per_epoch):
             idx = perm[s * cfg.batch : (s + 1) * cfg.batch]
+            hists = _case_histories(train, c_seq[idx], c_pos[idx], cfg.max_events)
+            h_rows, h_acts, h_mask = (torch.from_numpy(a) for a in history_arrays(hists, cfg.max_events))
+            idx = torch.from_numpy(idx)
             v = model.item_vectors()
-            u = model(h_rows[idx], h_acts[idx], h_mask[idx], v)
+            u = model(h_rows, h_acts, h_mask, v)
             logits = (u @ v.T) * model.log_scale.exp()
             loss = F.cross_entropy(logits, t_targets[idx])
             if model.residual is not None and cfg.residual_decay:
@@ -289,14 +330,34 @@ def train_tower(
             opt.step()
             sched.step()
             total += float(loss.detach())
+            batches += 1
             bar.update()
+            if budget is not None and time.monotonic() - t0 > budget:
+                out_of_time = batches < steps_per_epoch or epoch + 1 < cfg.epochs
+                break
         bar.close()
+        if out_of_time:
+            logger.info(
+                "%s: time budget (%.0f s) reached in epoch %d after %d of %d batches; validating and stopping",
+                desc,
+                budget,
+                epoch + 1,
+                batches,
+                steps_per_epoch,
+            )
         with torch.inference_mode():
             v = model.item_vectors()
         metrics = evaluate(
             lambda hs, v=v: tower_scores(model, hs, v=v, max_events=cfg.max_events), valid, n_items, batch=256
         )
-        metrics.update(epoch=epoch + 1, loss=total / steps_per_epoch, seconds=round(time.monotonic() - t0, 1))
+        metrics.update(
+            epoch=epoch + 1,
+            batches=batches,
+            loss=total / max(1, batches),
+            seconds=round(time.monotonic() - t0, 1),
+        )
+        if out_of_time:
+            metrics["stopped"] = "time budget"
         history.append(metrics)
         logger.info(
             "%s epoch %d: loss %.4f valid NDCG@10 %.4f R@10 %.4f",
@@ -309,8 +370,11 @@ def train_tower(
         if metrics["ndcg@10"] > best:
             best = metrics["ndcg@10"]
             best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-        if cfg.time_budget_s is not None and time.monotonic() - t0 > cfg.time_budget_s:
-            logger.info("%s: time budget reached after epoch %d", desc, epoch + 1)
+        if out_of_time:
+            break
+        if budget is not None and time.monotonic() - t0 > budget and epoch + 1 < cfg.epochs:
+            logger.info("%s: time budget (%.0f s) reached after epoch %d and its validation", desc, budget, epoch + 1)
+            metrics["stopped"] = "time budget"
             break
     if best_state is not None:
         model.load_state_dict(best_state)

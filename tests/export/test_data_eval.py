@@ -1,6 +1,7 @@
 """Export input loading (export/data.py), the demo shop, and offline evaluation (export/evaluate.py).
 
-Fast (no torch); the one ``data`` test reads the Amazon Video Games copy.
+Fast: no torch except the two tiny tower-budget tests (seconds); the one ``data`` test reads the
+Amazon Video Games copy.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from shelfrank.export.data import (
     load_events,
     load_files,
     load_items,
+    make_split,
+    parse_ts,
     time_split,
 )
 from shelfrank.export.demo_shop import make_demo_shop
@@ -494,3 +497,299 @@ def test_amazon_games_counts(shelfrank_data: Path):
     assert len(sp.test) == len(sp.valid) == 50_546  # every sequence has >= 5 items
     lens = np.bincount(ds.events.user)
     assert lens.min() == 5 and lens.max() == 50
+
+
+# ---- timestamps: epoch seconds or ISO 8601 (issue 11) -------------------------------------------
+
+
+ISO_AND_EPOCH = [
+    # (as written in a shop's log, epoch seconds it means)
+    ("2020-03-01 09:30:00", 1583055000.0),  # naive = UTC, space separator
+    ("2020-03-01T09:30:00Z", 1583055000.0),
+    ("2020-03-01T11:30:00+02:00", 1583055000.0),
+    ("2020-03-01T09:30:00.250Z", 1583055000.25),
+    ("2020-03-01", 1583020800.0),  # a bare date: midnight UTC
+    ("1583055000", 1583055000.0),  # epoch seconds as a string
+    (" 1583055000.5 ", 1583055000.5),
+    (1583055000, 1583055000.0),
+    (1583055000.5, 1583055000.5),
+]
+
+
+@pytest.mark.parametrize("raw,epoch", ISO_AND_EPOCH)
+def test_parse_ts_forms(raw, epoch: float):
+    assert parse_ts(raw) == epoch
+
+
+def test_parse_ts_datetime_objects():
+    # what a Parquet timestamp column reads as; naive = UTC as for text
+    from datetime import date, datetime, timedelta, timezone
+
+    assert parse_ts(datetime(2020, 3, 1, 9, 30)) == 1583055000.0
+    assert parse_ts(datetime(2020, 3, 1, 11, 30, tzinfo=timezone(timedelta(hours=2)))) == 1583055000.0
+    assert parse_ts(date(2020, 3, 1)) == 1583020800.0
+
+
+def test_iso_and_epoch_ts_give_the_same_order(tmp_path: Path, items_csv: Path):
+    cat = load_items(items_csv)
+    # one shopper's day, written once as ISO (mixed forms, zones) and once as epoch seconds
+    when = [
+        ("u1", "B", "view", "2020-03-01 10:00:00", 1583056800),
+        ("u2", "A", "click", "2020-03-01T08:00:00-01:00", 1583053200),  # 09:00 UTC
+        ("u1", "C", "cart", "2020-03-01T09:30:00.5Z", 1583055000.5),
+        ("u2", "C", "purchase", "2020-02-29", 1582934400),
+        ("u1", "A", "purchase", "2020-03-01 11:00", 1583060400),
+    ]
+    iso = write_csv(tmp_path / "iso.csv", ["user_id", "item_id", "action", "ts"], [w[:4] for w in when])
+    epoch = write_jsonl(
+        tmp_path / "epoch.jsonl",
+        [{"user_id": u, "item_id": i, "action": a, "ts": t} for u, i, a, _, t in when],
+    )
+    ev_iso, users_iso = load_events(iso, cat)
+    ev_epoch, users_epoch = load_events(epoch, cat)
+    assert users_iso == users_epoch
+    for col in ("user", "item", "action", "ts"):
+        assert getattr(ev_iso, col).tolist() == getattr(ev_epoch, col).tolist(), col
+    assert ev_iso.item.tolist() == [2, 0, 2, 1, 0]  # C (Feb 29), A 09:00, C 09:30, B 10:00, A 11:00
+
+
+def test_equal_ts_keep_file_order_as_one_basket(tmp_path: Path, items_csv: Path):
+    cat = load_items(items_csv)
+    e = write_csv(
+        tmp_path / "ev.csv",
+        ["user_id", "item_id", "action", "ts"],
+        [
+            ["u", "C", "purchase", "2020-03-01 12:00:00"],
+            ["u", "B", "purchase", "2020-03-01 09:30:00"],  # one basket, three items, one second
+            ["u", "A", "purchase", "2020-03-01T09:30:00Z"],
+            ["u", "C", "purchase", "2020-03-01T10:30:00+01:00"],
+        ],
+    )
+    ev, _ = load_events(e, cat)
+    assert ev.item.tolist() == [1, 0, 2, 2]
+
+
+def test_repeat_purchases_survive_loading(tmp_path: Path, items_csv: Path):
+    cat = load_items(items_csv)
+    rows = [
+        ["u", "A", "purchase", "2020-03-01 09:00:00"],
+        ["u", "B", "purchase", "2020-03-02 09:00:00"],
+        ["u", "A", "purchase", "2020-03-08 09:00:00"],  # bought again a week later
+        ["u", "A", "purchase", "2020-03-08 09:00:00"],  # an identical row: kept as an event too
+    ]
+    e = write_csv(tmp_path / "ev.csv", ["user_id", "item_id", "action", "ts"], rows)
+    ds = load_files(items_csv, e)
+    assert len(ds.events) == 4 and ds.events.item.tolist() == [0, 1, 0, 0]
+    # a repeat after another item is its own step; back-to-back events on one item are one step
+    assert ds.sequences() == [[(0, 3), (1, 3), (0, 3)]]
+    assert len(cat) == 3
+
+
+@pytest.mark.parametrize("ts", ["soon", "2020-13-01", "01/03/2020 09:30", "2020-03-01 25:00:00", "true", "1e400"])
+def test_bad_ts_names_file_line_and_accepted_forms(tmp_path: Path, items_csv: Path, ts: str):
+    cat = load_items(items_csv)
+    e = write_csv(
+        tmp_path / "ev.csv",
+        ["user_id", "item_id", "action", "ts"],
+        [["u", "A", "view", "2020-03-01 09:30:00"], ["u", "B", "view", ts]],
+    )
+    msg = expect_error(lambda: load_events(e, cat), file=e, line=3, field="ts")
+    assert repr(ts) in msg and "epoch seconds" in msg and "ISO 8601" in msg and "UTC" in msg, msg
+
+
+def test_bad_ts_types_in_jsonl(tmp_path: Path, items_csv: Path):
+    cat = load_items(items_csv)
+    for bad in (True, [1], {"t": 1}):
+        e = write_jsonl(tmp_path / "ev.jsonl", [{"user_id": "u", "item_id": "A", "action": "view", "ts": bad}])
+        expect_error(lambda e=e: load_events(e, cat), file=e, line=1, field="ts")
+
+
+# ---- choosing the split from the CLI; the time split's cut -----------------------------------
+
+
+def test_time_split_states_its_cut():
+    seqs = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 0], [2, 3, 4, 5, 6, 7, 8, 9, 0, 1]]
+    day = 86400.0
+    ts = [[1583020800.0 + day * 2 * k for k in range(10)], [1583020800.0 + day * (2 * k + 1) for k in range(10)]]
+    sp = time_split(_dataset(seqs, ts))
+    flat = np.sort(np.concatenate(ts))
+    assert sp.cut == {
+        "valid_from": float(np.quantile(flat, 0.8)),
+        "test_from": float(np.quantile(flat, 0.9)),
+        "valid_frac": 0.1,
+        "test_frac": 0.1,
+    }
+    text = sp.describe()
+    assert text.startswith("time (") and "2020-03-" in text and "Z" in text and "10%" in text, text
+    assert leave_one_out(_dataset(seqs)).cut is None
+    assert "leave-one-out" in leave_one_out(_dataset(seqs)).describe()
+    # a ts that is no plausible date (a counter, or milliseconds) is printed as the number
+    assert "ts 1.6e+12" in time_split(_dataset(seqs, [[1.6e12 + k for k in range(10)]] * 2)).describe()
+
+
+def test_make_split_kinds():
+    ds = _dataset([[1, 2, 3]], [[1.0, 2.0, 3.0]])
+    assert make_split(ds, "leave-one-out").kind == "leave-one-out"
+    assert make_split(ds, "time").kind == "time"
+    with pytest.raises(ExportValidationError, match="unknown split"):
+        make_split(ds, "random")
+    with pytest.raises(ExportValidationError, match="timestamps"):
+        make_split(_dataset([[1, 2, 3]]), "time")
+
+
+def test_cli_export_split_option(tmp_path: Path, items_csv: Path, monkeypatch, capsys):
+    from shelfrank import cli
+
+    parse = cli.build_parser().parse_args
+    base = ["export", "--dataset", "files", "--out", "o", "--key", "k"]
+    assert parse(base).split == "leave-one-out"
+    assert parse([*base, "--split", "time"]).split == "time"
+    with pytest.raises(SystemExit):
+        parse([*base, "--split", "random"])
+    assert "random" in capsys.readouterr().err
+    # the chosen split reaches run_export (stubbed: no training here)
+    e = write_csv(
+        tmp_path / "ev.csv",
+        ["user_id", "item_id", "action", "ts"],
+        [["u", it, "view", f"2020-03-0{d} 09:30:00"] for d, it in enumerate("ABCABCABC", 1)],
+    )
+    seen = {}
+
+    def fake_run_export(ds, out, **kw):
+        seen.update(kw)
+        raise ShelfrankError("stop here")
+
+    monkeypatch.setattr("shelfrank.export.pipeline.run_export", fake_run_export)
+    argv = ["export", "--dataset", "files", "--items", str(items_csv), "--events", str(e), "--out", "o", "--key", "k"]
+    assert cli.main([*argv, "--split", "time"]) == 2
+    assert seen["split"].kind == "time" and seen["split"].cut is not None
+    assert cli.main(argv) == 2 and seen["split"].kind == "leave-one-out"
+    # the time split on data without ts: a clear error, before any training
+    e2 = write_csv(tmp_path / "e2.csv", ["user_id", "item_id", "action"], [["u", "A", "view"], ["u", "B", "view"]])
+    seen.clear()
+    argv2 = ["export", "--dataset", "files", "--items", str(items_csv), "--events", str(e2), "--out", "o"]
+    assert cli.main([*argv2, "--key", "k", "--split", "time"]) == 2
+    assert "timestamps" in capsys.readouterr().err and not seen
+
+
+def test_export_help_says_what_ts_takes(capsys):
+    from shelfrank import cli
+
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["export", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "ISO 8601" in out and "epoch seconds" in out and "UTC" in out and "--split" in out
+
+
+# ---- --resume fingerprints (export/pipeline.py _Stages; no torch) ------------------------------
+
+
+def _teacher_dir(path: Path, weights: bytes = b"w") -> Path:
+    path.mkdir(exist_ok=True)
+    (path / "config.json").write_text("{}")
+    (path / "tokenizer.json").write_text("{}")
+    (path / "model.safetensors").write_bytes(weights)
+    (path / "README.md").write_text("not part of the fingerprint")
+    return path
+
+
+def test_resume_fingerprint_refuses_other_input(tmp_path: Path):
+    from dataclasses import replace
+
+    from shelfrank.export.pipeline import PRESETS, _Stages
+
+    ds = _dataset([[1, 2, 3, 4], [5, 6, 7]], [[1.0, 2.0, 3.0, 4.0], [1.5, 2.5, 3.5]])
+    teacher = _teacher_dir(tmp_path / "bert")
+    quick = PRESETS["quick"]
+    fp = _Stages.fingerprint_of(ds, quick, teacher, None)
+    assert fp == _Stages.fingerprint_of(ds, quick, teacher, leave_one_out(ds))  # None = the default split
+    work = tmp_path / "out.work"
+
+    st = _Stages(work, False, fp)
+    assert not st.have("teacher.pt")
+    (work / "teacher.pt").write_bytes(b"ckpt")
+    st.done("fine-tune teacher", st.start("fine-tune teacher"))
+    assert not st.have("student.pt")  # claimed, never written: an interrupted stage
+    # the same input resumes the finished checkpoint only
+    st2 = _Stages(work, True, _Stages.fingerprint_of(ds, quick, teacher, None))
+    assert st2.have("teacher.pt") and not st2.have("student.pt")
+    assert json.loads((work / "fingerprint.json").read_text())["fingerprint"] == fp
+
+    other_events = _dataset([[1, 2, 3, 4], [5, 6, 8]], [[1.0, 2.0, 3.0, 4.0], [1.5, 2.5, 3.5]])
+    other_titles = _dataset([[1, 2, 3, 4], [5, 6, 7]], [[1.0, 2.0, 3.0, 4.0], [1.5, 2.5, 3.5]])
+    other_titles.catalog.titles[3] = "a new title"
+    other_ts = _dataset([[1, 2, 3, 4], [5, 6, 7]], [[1.0, 2.0, 3.0, 4.0], [1.5, 2.5, 9.5]])
+    cases = {
+        "dataset": _Stages.fingerprint_of(other_events, quick, teacher, None),
+        "dataset ": _Stages.fingerprint_of(other_titles, quick, teacher, None),
+        "dataset  ": _Stages.fingerprint_of(other_ts, quick, teacher, None),
+        "preset": _Stages.fingerprint_of(ds, PRESETS["full"], teacher, None),
+        "preset ": _Stages.fingerprint_of(ds, replace(quick, teacher_steps=81), teacher, None),
+        "teacher": _Stages.fingerprint_of(ds, quick, _teacher_dir(tmp_path / "bert2", b"other"), None),
+        "split": _Stages.fingerprint_of(ds, quick, teacher, time_split(ds)),
+    }
+    for part, other in cases.items():
+        with pytest.raises(ExportValidationError) as ei:
+            _Stages(work, True, other)
+        msg = str(ei.value)
+        assert str(work) in msg and "--resume" in msg and f"{part.strip()} was" in msg, msg
+        assert sum(f"{k} was" in msg for k in fp) == 1, msg  # names only what changed
+    # the refusals left the folder as it was: the original input still resumes
+    assert _Stages(work, True, fp).have("teacher.pt")
+    # a README beside the weights is not part of the teacher
+    (teacher / "README.md").write_text("edited")
+    assert _Stages.fingerprint_of(ds, quick, teacher, None) == fp
+
+    # a fresh run over the folder with other input: the old checkpoint stops counting at once
+    _Stages(work, False, cases["preset"])
+    assert not _Stages(work, True, cases["preset"]).have("teacher.pt")
+    assert not (work / "teacher.pt").exists()
+
+
+def test_resume_refuses_checkpoints_without_fingerprint(tmp_path: Path):
+    from shelfrank.export.pipeline import _Stages
+
+    work = tmp_path / "old.work"
+    work.mkdir()
+    (work / "export.log").write_text("log")
+    _Stages(work, True, {"dataset": "d"})  # only a log: nothing to mistrust
+    (work / "fingerprint.json").unlink()
+    (work / "teacher.pt").write_bytes(b"from an older shelfrank")
+    with pytest.raises(ExportValidationError, match=r"without a fingerprint\.json"):
+        _Stages(work, True, {"dataset": "d"})
+    (work / "fingerprint.json").write_text("{not json")
+    with pytest.raises(ExportValidationError, match="unreadable"):
+        _Stages(work, True, {"dataset": "d"})
+
+
+# ---- the tower's budgets: inside the batch loop, and cases bounded by the data -----------------
+
+
+def _tiny_tower_run(caplog, **cfg):
+    pytest.importorskip("torch")
+    from shelfrank.export.train import TowerConfig, train_tower
+
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((40, 8)).astype(np.float32)
+    train = [[(int(i), 0) for i in rng.integers(0, 40, size=12)] for _ in range(60)]  # 660 cases
+    valid = [(u, seq[:-1], seq[-1][0]) for u, seq in enumerate(train[:10])]
+    tcfg = TowerConfig(epochs=3, batch=8, hidden=16, layers=1, heads=1, max_events=5, **cfg)
+    with caplog.at_level(logging.INFO, logger="shelfrank"):
+        return train_tower(rows, train, valid, tcfg, desc="tiny tower")
+
+
+def test_tower_time_budget_stops_mid_epoch(caplog):
+    model, history = _tiny_tower_run(caplog, time_budget_s=0.0)
+    assert len(history) == 1 and history[0]["batches"] == 1 and history[0]["stopped"] == "time budget"
+    assert "ndcg@10" in history[0]  # the cut epoch is validated like a whole one
+    assert "time budget (0 s) reached in epoch 1 after 1 of 83 batches" in caplog.text, caplog.text
+    assert not model.training
+
+
+def test_tower_cases_sampled_per_epoch(caplog):
+    _, history = _tiny_tower_run(caplog, max_cases=100)
+    assert [h["batches"] for h in history] == [13, 13, 13]
+    assert "660 training cases; each epoch samples 100 of them (15.2%, seed 0)" in caplog.text, caplog.text
+    caplog.clear()
+    _, history = _tiny_tower_run(caplog, max_cases=10_000, time_budget_s=0.0)
+    assert history[0]["batches"] == 1 and "660 training cases per epoch" in caplog.text
