@@ -1,4 +1,4 @@
-"""The bundle format: manifest schema, file hashing, Ed25519 signing and verification.
+"""The bundle format: file hashing, Ed25519 signing and verification (the manifest's type: formats.Manifest).
 
 Lives on the device side (export imports it) so both sides share one definition. A bundle is a
 directory (a ``.tar`` when flashed) holding ``manifest.json``, ``manifest.sig`` (Ed25519 over the
@@ -14,11 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from shelfrank.device.formats import FORMAT_VERSION, Manifest
 from shelfrank.errors import BundleError, SignatureError
 
 logger = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 PUBLIC_KEY = "publisher.pub"
@@ -138,7 +137,13 @@ def sign_bundle(root: str | Path, manifest: dict[str, Any], private_key) -> dict
     return manifest
 
 
-def read_manifest(root: str | Path) -> tuple[dict[str, Any], bytes]:
+def read_manifest(root: str | Path) -> tuple[Manifest, bytes]:
+    """The typed manifest of the bundle at ``root`` (not verified) and its exact bytes.
+
+    Raises:
+        BundleError: no such directory, an unreadable or corrupt manifest, an unsupported
+            ``format_version``, or a field that breaks :class:`~shelfrank.device.formats.Manifest`.
+    """
     root = Path(root)
     path = root / MANIFEST
     if not root.is_dir():
@@ -148,29 +153,28 @@ def read_manifest(root: str | Path) -> tuple[dict[str, Any], bytes]:
     except OSError as e:
         raise BundleError(f"{path}: cannot read the manifest: {e}") from e
     try:
-        manifest = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
         raise BundleError(f"{path}: corrupt manifest (not UTF-8 JSON): {e}") from e
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{path}: the manifest must be a JSON object")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(
-            f"{path}: bundle format_version {version!r} is not supported by this runtime "
-            f"(it reads format_version {FORMAT_VERSION}); update shelfrank or re-export the bundle"
-        )
-    return manifest, data
+    return Manifest.decode(data, str(path)), data
 
 
-def verify_bundle(root: str | Path, *, public_key=None, check_files: bool = True) -> dict[str, Any]:
-    """Check the signature and every file hash; return the manifest.
+def verify_bundle(root: str | Path, *, public_key=None, check_files: bool = True) -> Manifest:
+    """Check the signature and every file hash; return the typed manifest.
 
     Args:
         public_key: the trusted key (object, PEM bytes or path). None trusts the bundle's own
             ``publisher.pub`` (development only: the caller logs that it is unpinned).
 
+    Decoding the manifest is its validation (typed errors only, nothing opened yet); then the
+    signature over its exact bytes; then the files. A listed name that is not a safe relative path,
+    or a file that resolves outside ``root`` (a symlink), is refused, so nothing downstream (flash,
+    sync, the recommender) joins an unchecked name onto a directory.
+
     Raises:
-        BundleError: missing/corrupt manifest, unknown format_version, a file missing or changed.
+        BundleError: missing/corrupt manifest, unknown format_version, a field of the wrong type
+            (named), an unsafe name, sub-hashes that disagree with ``files``, a file missing,
+            changed or outside the bundle.
         SignatureError: the signature does not verify, or the bundle's key is not the trusted one.
     """
     from cryptography.exceptions import InvalidSignature
@@ -187,7 +191,7 @@ def verify_bundle(root: str | Path, *, public_key=None, check_files: bool = True
         raise SignatureError(
             f"{root}: signed by key {key_id(bundled)[:16]}…, but the trusted publisher key is {key_id(trusted)[:16]}…"
         )
-    if manifest.get("publisher_key_id") != key_id(bundled):
+    if manifest.publisher_key_id != key_id(bundled):
         raise SignatureError(f"{root / MANIFEST}: publisher_key_id does not match {PUBLIC_KEY}")
     try:
         sig = (root / SIGNATURE).read_bytes()
@@ -198,38 +202,13 @@ def verify_bundle(root: str | Path, *, public_key=None, check_files: bool = True
     except InvalidSignature as e:
         raise SignatureError(f"{root / SIGNATURE}: the manifest signature does not verify") from e
     if check_files:
-        files = manifest.get("files")
-        if not isinstance(files, dict) or not files:
-            raise BundleError(f"{root / MANIFEST}: no 'files' table")
-        for rel, digest in files.items():
+        real_root = root.resolve()
+        for rel, digest in manifest.files.items():
             p = root / rel
+            if not p.resolve().is_relative_to(real_root):
+                raise BundleError(f"{p}: listed in the manifest but resolves outside the bundle (a symlink?)")
             if not p.is_file():
                 raise BundleError(f"{p}: listed in the manifest but missing")
             if sha256_file(p) != digest:
                 raise BundleError(f"{p}: sha256 differs from the manifest (corrupt or tampered)")
-        check_encoders(manifest, files, root / MANIFEST)
     return manifest
-
-
-def check_encoders(manifest: dict[str, Any], files: dict[str, str], where: Path) -> None:
-    """The optional ``encoders`` table: {variant: {file, sha256, …}}, each file hashed in ``files``.
-
-    Additional encoders (``fp16`` for GPU providers) are an optional, additive part of format 1: a
-    runtime that predates them still verifies their files through ``files`` and runs the int8
-    ``model``, which stays complete on its own (the catalog rows are its embeddings).
-
-    Raises:
-        BundleError: an entry that is not a table, lacks ``file``/``sha256``, or whose file or
-            hash disagrees with the ``files`` table.
-    """
-    encoders = manifest.get("encoders", {})
-    if not isinstance(encoders, dict):
-        raise BundleError(f"{where}: 'encoders' must be a table of {{variant: {{file, sha256}}}}")
-    for variant, entry in encoders.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or "sha256" not in entry:
-            raise BundleError(f"{where}: encoders.{variant} must be a table with 'file' and 'sha256'")
-        if files.get(entry["file"]) != entry["sha256"]:
-            raise BundleError(
-                f"{where}: encoders.{variant} file {entry['file']!r} is not in the signed 'files' table "
-                "with the same sha256"
-            )

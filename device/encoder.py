@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shelfrank.errors import BundleError, InputError
+
+if TYPE_CHECKING:
+    from shelfrank.device.formats import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +159,7 @@ GPU_VARIANT = "fp16"
 
 def open_text_encoder(
     bundle: Path,
-    manifest: Mapping[str, Any],
+    manifest: Manifest,
     *,
     threads: int = 1,
     providers: Sequence[Any] | None = None,
@@ -179,20 +182,20 @@ def open_text_encoder(
     Raises:
         BundleError: the int8 encoder itself cannot be loaded.
     """
-    model = manifest["model"]
-    tok = bundle / manifest["tokenizer"]["file"]
-    max_len = int(model["max_len"])
+    model = manifest.model
+    tok = bundle / manifest.tokenizer.file
+    max_len = model.max_len
     gpu = list(gpu_providers or [])
     reason = None
     if gpu:
         enc, reason = _try_gpu_encoder(bundle, manifest, tok, max_len, threads, gpu)
         if enc is not None:
-            info = _encoder_info(enc, GPU_VARIANT, manifest["encoders"][GPU_VARIANT]["file"], gpu, None)
+            info = _encoder_info(enc, GPU_VARIANT, manifest.encoders[GPU_VARIANT].file, gpu, None)
             logger.info("text encoder: %s on %s", info["file"], info["session_providers"])
             return enc, info
-    enc = TextEncoder(bundle / model["file"], tok, max_len=max_len, threads=threads, providers=providers)
-    precision = str(model.get("precision", "int8")).split()[0]
-    info = _encoder_info(enc, precision, model["file"], gpu, reason)
+    enc = TextEncoder(bundle / model.file, tok, max_len=max_len, threads=threads, providers=providers)
+    precision = model.precision.split()[0] if model.precision.strip() else "int8"
+    info = _encoder_info(enc, precision, model.file, gpu, reason)
     if reason is not None:
         logger.warning(
             "%s: the board's GPU providers %s are not used for the text encoder: %s. Running the %s encoder "
@@ -201,7 +204,7 @@ def open_text_encoder(
             provider_names(gpu),
             reason,
             precision,
-            model["file"],
+            model.file,
             info["session_providers"],
         )
     return enc, info
@@ -221,12 +224,12 @@ def _encoder_info(
 
 
 def _try_gpu_encoder(
-    bundle: Path, manifest: Mapping[str, Any], tok: Path, max_len: int, threads: int, gpu: list
+    bundle: Path, manifest: Manifest, tok: Path, max_len: int, threads: int, gpu: list
 ) -> tuple[TextEncoder | None, str | None]:
     """(the fp16 encoder under the GPU providers, None) or (None, why not)."""
     import onnxruntime as ort
 
-    entry = (manifest.get("encoders") or {}).get(GPU_VARIANT)
+    entry = manifest.encoders.get(GPU_VARIANT)
     if entry is None:
         return None, f"the bundle has no {GPU_VARIANT} encoder (export it with 'shelfrank export --fp16')"
     available = ort.get_available_providers()
@@ -238,7 +241,7 @@ def _try_gpu_encoder(
         )
     wanted = usable + ([] if "CPUExecutionProvider" in provider_names(usable) else ["CPUExecutionProvider"])
     try:
-        enc = TextEncoder(bundle / entry["file"], tok, max_len=max_len, threads=threads, providers=wanted)
+        enc = TextEncoder(bundle / entry.file, tok, max_len=max_len, threads=threads, providers=wanted)
     except BundleError as e:
         return None, f"session creation failed: {e}"
     got = enc.session.get_providers()

@@ -52,7 +52,7 @@ class Recommender:
     def __init__(
         self,
         bundle: Path,
-        manifest: dict[str, Any],
+        manifest: bfmt.Manifest,
         state_dir: Path,
         public_key: Any,
         *,
@@ -69,17 +69,16 @@ class Recommender:
         # loading the encoder may take minutes (a TensorRT engine build): never under self._lock,
         # which recommend() takes
         self._encoder_lock = threading.Lock()
-        model = manifest["model"]
-        self.dim = int(model["dim"])
+        self.dim = manifest.model.dim
         self.catalog = self._newest_catalog()
-        tower = manifest.get("user_tower", {})
-        if tower.get("kind") != "sequence":
+        tower = manifest.user_tower
+        if tower.kind != "sequence":
             raise BundleError(
-                f"{bundle / bfmt.MANIFEST}: user_tower kind {tower.get('kind')!r} is not supported "
+                f"{bundle / bfmt.MANIFEST}: user_tower kind {tower.kind!r} is not supported "
                 "by this runtime (it runs 'sequence')"
             )
-        self.max_events = int(tower["max_events"])
-        self._tower = make_session(bundle / tower["file"], threads=threads, providers=providers)
+        self.max_events = tower.max_events
+        self._tower = make_session(bundle / tower.file, threads=threads, providers=providers)
         self._encoder: TextEncoder | None = None
         self._lock = threading.Lock()
         self.events = EventStore(state_dir / "events.sqlite", max_history=max_history)

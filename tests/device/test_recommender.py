@@ -246,6 +246,7 @@ def test_nan_rows_in_catalog_are_refused(bundle_copy, tmp_path):
     np.save(bundle_copy / "catalog" / "scale.f32.npy", scales)
     key, _ = bfmt.generate_keypair(tmp_path / "k")
     m = json.loads((bundle_copy / "manifest.json").read_text())
+    m["catalog"]["sha256"]["scales"] = bfmt.sha256_file(bundle_copy / "catalog" / "scale.f32.npy")
     bfmt.sign_bundle(bundle_copy, m, bfmt.load_private_key(key))
     with pytest.raises(BundleError, match="NaN or inf scales"):
         Recommender.open(bundle_copy, public_key=tmp_path / "k.pub", state_dir=tmp_path / "s")
