@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from shelfrank.device.formats import ROW_SCALE_MAX
 from shelfrank.errors import BundleError, InputError, UnknownItemError
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,11 @@ class Catalog:
             raise BundleError(f"{root / 'scale.f32.npy'}: expected float32 ({self.rows.shape[0]},)")
         if not np.isfinite(self.scales).all():
             raise BundleError(f"{root / 'scale.f32.npy'}: NaN or inf scales")
+        if len(self.scales) and not (0 <= self.scales.min() and self.scales.max() <= ROW_SCALE_MAX):
+            raise BundleError(
+                f"{root / 'scale.f32.npy'}: scales outside [0, {ROW_SCALE_MAX:.6g}] (rows are unit-norm, so "
+                "max|x|/127 <= 1/127): not made by the encoder; re-export or republish the catalog"
+            )
         n = self.rows.shape[0]
         # Everything a query returns is held in compact columns read once from SQLite: no Python
         # object per item but the id (the id -> row dict needs it), titles in one UTF-8 blob with

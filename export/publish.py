@@ -6,6 +6,10 @@ The output folder can be served by any static HTTP server or CDN, or read as a d
     snapshots/<v>/             items.sqlite, emb.i8.npy, scale.f32.npy  (the whole catalog v)
     deltas/<v-1>-<v>/          changes.json, rows.i8.npy, scales.f32.npy (removes + upserts)
 
+The index and ``changes.json`` are the typed structs of ``device/formats.py`` (``IndexSigned``,
+``DeltaChanges``), the ones ``sync`` decodes: what this writes is checked against the same
+constraints before it is signed.
+
 Items whose text is unchanged keep their rows (with the learned residual); new or re-worded items
 are embedded with the bundle's own int8 encoder, exactly as a device would. ``index.json`` is
 written last, by rename, so a reader never sees an index naming files that are not there yet.
@@ -15,26 +19,28 @@ Needs no torch.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from shelfrank.device import bundle as bfmt
+from shelfrank.device import formats
 from shelfrank.device.catalog_files import FILES, CatalogData, read_catalog_dir, write_catalog_dir
 from shelfrank.device.encoder import TextEncoder
 from shelfrank.device.kernel import quantize_rows
 from shelfrank.device.text import item_text
+from shelfrank.errors import ExportValidationError
 from shelfrank.export.data import Catalog
 
 logger = logging.getLogger(__name__)
 
-INDEX = "index.json"
-INDEX_FORMAT = 1
+INDEX = formats.INDEX_NAME
+INDEX_FORMAT = formats.INDEX_FORMAT
 
 
 def _file_entry(root: Path, rel: str) -> dict[str, Any]:
@@ -71,11 +77,12 @@ def publish(
     sep = manifest["text"]["separator"]
     prev_signed = None
     if (out / INDEX).exists():
-        prev_signed = json.loads((out / INDEX).read_text())["signed"]
-        if prev_signed["model_sha256"] != model["sha256"]:
+        raw, _ = formats.decode_index_envelope((out / INDEX).read_bytes(), where=str(out / INDEX))
+        prev_signed = formats.decode_index_signed(raw, where=str(out / INDEX))
+        if prev_signed.model_sha256 != model["sha256"]:
             raise bfmt.BundleError(f"{out / INDEX}: published for another encoder; publish into a new folder")
-        prev = read_catalog_dir(out / "snapshots" / str(prev_signed["version"]))
-        prev_version = int(prev_signed["version"])
+        prev = read_catalog_dir(out / "snapshots" / str(prev_signed.version))
+        prev_version = prev_signed.version
     else:
         prev = read_catalog_dir(bundle / "catalog")
         prev_version = int(manifest["catalog"]["version"])
@@ -114,25 +121,29 @@ def publish(
     delta_rel = f"deltas/{prev_version}-{version}"
     ddir = out / delta_rel
     ddir.mkdir(parents=True, exist_ok=True)
-    (ddir / "changes.json").write_text(
-        json.dumps(
-            {"from": prev_version, "to": version, "remove": removed, "upsert": [items[j] for j in upserts]}, indent=1
-        )
+    changes = formats.convert(
+        {"from": prev_version, "to": version, "remove": removed, "upsert": [items[j] for j in upserts]},
+        formats.DeltaChanges,
+        where="publish: the delta",
+        error=ExportValidationError,
+        fix="fix the item in the items file",
     )
+    (ddir / "changes.json").write_bytes(formats.encode_delta_changes(changes))
     np.save(ddir / "rows.i8.npy", rows[upserts] if upserts else np.zeros((0, dim), np.int8))
     np.save(ddir / "scales.f32.npy", scales[upserts] if upserts else np.zeros(0, np.float32))
 
     now = now or _dt.datetime.now(_dt.timezone.utc)
-    deltas = [d for d in (prev_signed or {}).get("deltas", []) if (out / d["files"][0]["path"]).exists()]
+    kept = [d for d in (prev_signed.deltas if prev_signed else []) if (out / d.files[0].path).exists()]
+    deltas = msgspec.to_builtins(kept)
     deltas.append(
         {
             "from": prev_version,
             "to": version,
-            "files": [_file_entry(out, f"{delta_rel}/{n}") for n in ("changes.json", "rows.i8.npy", "scales.f32.npy")],
+            "files": [_file_entry(out, f"{delta_rel}/{n}") for n in formats.DELTA_FILES],
         }
     )
     deltas = deltas[-keep_deltas:]
-    signed = {
+    signed_raw = {
         "format_version": INDEX_FORMAT,
         "version": version,
         "created_at": now.isoformat(timespec="seconds"),
@@ -143,6 +154,10 @@ def publish(
         "snapshot": {"version": version, "files": [_file_entry(out, f"{snap_rel}/{n}") for n in FILES.values()]},
         "deltas": deltas,
     }
+    # the same struct and constraints sync decodes: never sign an index the devices refuse
+    signed = formats.encode_index_signed(
+        formats.convert(signed_raw, formats.IndexSigned, where="publish: the index", error=ExportValidationError)
+    )
     tmp = out / f".{INDEX}.{os.getpid()}"
     tmp.write_bytes(sign_index(signed, key))
     os.replace(tmp, out / INDEX)
