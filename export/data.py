@@ -412,7 +412,8 @@ SPLITS = ("leave-one-out", "time")
 def _when(t: float) -> str:
     """An epoch-seconds cut as UTC ISO 8601 (the raw number too, when it is not a plausible date)."""
     if 0 <= t < 4e9:  # 1970 … 2096: a date; outside, the shop's ts was some other counter
-        return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
+        spec = "seconds" if t == int(t) else "milliseconds"  # a quantile cut falls between events
+        return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec=spec).replace("+00:00", "Z")
     return f"ts {t:g}"
 
 
