@@ -108,7 +108,7 @@ class _Stages:
 
     FILE = "fingerprint.json"
 
-    def __init__(self, work: Path, resume: bool, fingerprint: dict[str, str] | None = None) -> None:
+    def __init__(self, work: Path, resume: bool, fingerprint: dict[str, Any] | None = None) -> None:
         self.work, self.resume, self.times = work, resume, {}
         self.fingerprint = dict(fingerprint or {})
         self._done: set[str] = set()  # checkpoints complete under this fingerprint
@@ -119,8 +119,9 @@ class _Stages:
         self._save()
 
     @staticmethod
-    def fingerprint_of(ds: Dataset, preset: Preset, teacher: str | Path | None, split: Split | None) -> dict[str, str]:
-        """What the checkpoints depend on, one readable entry per part (hashes are sha256)."""
+    def fingerprint_of(ds: Dataset, preset: Preset, teacher: str | Path | None, split: Split | None) -> dict[str, Any]:
+        """What the checkpoints depend on, one readable entry per part (hashes are sha256; the
+        preset's fields as they are, so a refusal can name the field that changed)."""
         h = hashlib.sha256()
         cat, ev = ds.catalog, ds.events
         for col in (cat.item_ids, cat.titles, cat.category, cat.brand, ds.users):
@@ -128,7 +129,6 @@ class _Stages:
         for arr in (cat.price, cat.in_stock, ev.user, ev.item, ev.action, ev.ts):
             h.update(b"-" if arr is None else np.ascontiguousarray(arr).tobytes())
             h.update(b"\x1e")
-        preset_json = json.dumps(asdict(preset), sort_keys=True)
         if teacher is None:
             from shelfrank.export.models import packaged_teacher_path
 
@@ -146,7 +146,7 @@ class _Stages:
             kind += " " + json.dumps(split.cut, sort_keys=True)
         return {
             "dataset": f"{ds.name}: {len(cat)} items, {len(ev)} events, sha256 {h.hexdigest()[:16]}",
-            "preset": f"{preset.name}, sha256 {hashlib.sha256(preset_json.encode()).hexdigest()[:16]}",
+            "preset": json.loads(json.dumps(asdict(preset))),  # as stored: tuples become lists
             "teacher": f"{t_name}, sha256 {th.hexdigest()[:16]}",
             "split": kind,
         }
@@ -169,7 +169,7 @@ class _Stages:
             raise ExportValidationError(f"{path}: unreadable ({e}); run without --resume to retrain") from e
         changed = [k for k in sorted(set(old) | set(self.fingerprint)) if old.get(k) != self.fingerprint.get(k)]
         if changed:
-            what = "; ".join(f"{k} was {old.get(k)!r}, now {self.fingerprint.get(k)!r}" for k in changed)
+            what = "; ".join(_changed(k, old.get(k), self.fingerprint.get(k)) for k in changed)
             raise ExportValidationError(
                 f"{self.work}: --resume refused, its checkpoints came from other input ({what}); "
                 "run without --resume to retrain them, or write to another --out"
@@ -215,6 +215,13 @@ class _Stages:
             self._pending.clear()
         self.times[name] = round(time.monotonic() - t0, 1)
         logger.info("== %s done in %.1f s", name, self.times[name])
+
+
+def _changed(part: str, was: Any, now: Any) -> str:
+    if isinstance(was, dict) and isinstance(now, dict):
+        fields = [f for f in sorted(set(was) | set(now)) if was.get(f) != now.get(f)]
+        return "; ".join(f"{part} {f} was {was.get(f)!r}, now {now.get(f)!r}" for f in fields)
+    return f"{part} was {was!r}, now {now!r}"
 
 
 def _texts(ds: Dataset) -> list[str]:
