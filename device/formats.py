@@ -551,7 +551,7 @@ MAX_K = 1000
 #: the longest id (shopper or item) a request may carry
 MAX_ID_CHARS = 1024
 
-UserId = Annotated[
+RequestUserId = Annotated[
     str,
     Meta(
         min_length=1,
@@ -561,7 +561,7 @@ UserId = Annotated[
         examples=["u42"],
     ),
 ]
-ItemId = Annotated[
+RequestItemId = Annotated[
     str,
     Meta(
         min_length=1, max_length=MAX_ID_CHARS, description="An item id of the catalog served.", examples=["SKU-00123"]
@@ -569,8 +569,8 @@ ItemId = Annotated[
 ]
 #: a count of items. A JSON Schema "integer" is any number with no fraction (3.0 too), so the
 #: contract is a number that is a multiple of 1, made an int on decoding (see _Body.__post_init__)
-Count = Annotated[float, Meta(ge=1, le=MAX_K, multiple_of=1, description="How many items to return.")]
-Strings = Annotated[typing.Union[str, list[str]], Meta(description="A string or a list of strings.")]
+ItemCount = Annotated[float, Meta(ge=1, le=MAX_K, multiple_of=1, description="How many items to return.")]
+StringOrList = Annotated[typing.Union[str, list[str]], Meta(description="A string or a list of strings.")]
 Action = typing.Literal[ACTIONS]  # type: ignore[valid-type]  # view, click, cart, purchase
 _UNSET = msgspec.UNSET
 
@@ -588,8 +588,8 @@ class Where(_Body):
     """Filters (all optional, combined with AND). An item with an unknown price never passes a price
     filter; ids in allow_ids/deny_ids that are not in the catalog are ignored."""
 
-    category: Annotated[Strings, Meta(description="Only these categories.")] | msgspec.UnsetType = _UNSET
-    brand: Annotated[Strings, Meta(description="Only these brands.")] | msgspec.UnsetType = _UNSET
+    category: Annotated[StringOrList, Meta(description="Only these categories.")] | msgspec.UnsetType = _UNSET
+    brand: Annotated[StringOrList, Meta(description="Only these brands.")] | msgspec.UnsetType = _UNSET
     min_price: Annotated[float, Meta(description="Price at least this.")] | msgspec.UnsetType = _UNSET
     max_price: Annotated[float, Meta(description="Price at most this.")] | msgspec.UnsetType = _UNSET
     in_stock: Annotated[bool, Meta(description="Only items in (true) or out of (false) stock.")] | msgspec.UnsetType = (
@@ -605,22 +605,22 @@ class Where(_Body):
 
 
 class RecordRequest(_Body):
-    user_id: UserId
-    item_id: ItemId
+    user_id: RequestUserId
+    item_id: RequestItemId
     action: Action
     ts: Annotated[float, Meta(description="Event time, Unix seconds (default: now).")] | msgspec.UnsetType = _UNSET
 
 
 class RecommendRequest(_Body):
-    user_id: UserId
-    k: Count = 10
+    user_id: RequestUserId
+    k: ItemCount = 10
     exclude_seen: Annotated[bool, Meta(description="Leave out items in the shopper's history.")] = True
     where: Where | msgspec.UnsetType = _UNSET
 
 
 class SimilarRequest(_Body):
-    item_id: ItemId
-    k: Count = 10
+    item_id: RequestItemId
+    k: ItemCount = 10
     where: Where | msgspec.UnsetType = _UNSET
 
 
@@ -634,12 +634,12 @@ class SearchRequest(_Body):
             examples=["wireless headphones"],
         ),
     ]
-    k: Count = 10
+    k: ItemCount = 10
     where: Where | msgspec.UnsetType = _UNSET
 
 
 class UserRequest(_Body):
-    user_id: UserId
+    user_id: RequestUserId
 
 
 REQUEST_BODIES: tuple[type[_Body], ...] = (RecordRequest, RecommendRequest, SimilarRequest, SearchRequest, UserRequest)
@@ -678,8 +678,10 @@ def _malformed(body: bytes, e: msgspec.DecodeError) -> RequestBodyError:
     except UnicodeDecodeError as u:
         return RequestBodyError(f"the request body is not UTF-8 ({u.reason} at byte {u.start})", malformed=True)
     hint = ""
+    if at := re.search(r"\(byte (\d+)\)$", str(e)):
+        hint = f" near {body[int(at.group(1)) : int(at.group(1)) + 24].decode('utf-8', 'replace')!r}"
     if _LONE_SURROGATE.search(body):
-        hint = " (a \\uD800-\\uDFFF escape must be one half of a surrogate pair)"
+        hint += " (a \\uD800-\\uDFFF escape must be one half of a surrogate pair)"
     return RequestBodyError(f"the request body is not valid JSON: {e}{hint}", malformed=True)
 
 
@@ -727,7 +729,10 @@ class _Out(msgspec.Struct):
     """A response body."""
 
 
-class ScoredItem(_Out):
+class Item(_Out):
+    """One item of an answer: what a shop's app shows (named Item and Event for OpenAPI tools, which
+    infer resources, and links between operations, from schema names)."""
+
     item_id: str
     score: Annotated[float, Meta(description="Cosine similarity; for a shopper without history, popularity.")]
     title: str
@@ -737,7 +742,9 @@ class ScoredItem(_Out):
     in_stock: bool
 
 
-class HistoryEvent(_Out):
+class Event(_Out):
+    """One stored shopper event."""
+
     item_id: str
     action: Action
     ts: float
@@ -781,23 +788,23 @@ class RecordResponse(_Out):
 class RecommendResponse(_Out):
     user_id: str
     catalog_version: int
-    items: list[ScoredItem]
+    items: list[Item]
 
 
 class SimilarResponse(_Out):
     item_id: str
     catalog_version: int
-    items: list[ScoredItem]
+    items: list[Item]
 
 
 class SearchResponse(_Out):
     catalog_version: int
-    items: list[ScoredItem]
+    items: list[Item]
 
 
 class HistoryResponse(_Out):
     user_id: str
-    events: list[HistoryEvent]
+    events: list[Event]
 
 
 class ForgetResponse(_Out):

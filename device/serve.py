@@ -1,16 +1,22 @@
 """``shelfrank serve``: the device runtime as a local JSON-over-HTTP service for non-Python apps.
 
-Standard library only on top of the runtime (``http.server``, ``socketserver``, ``json``): a
-thread per connection, HTTP/1.1 keep-alive, on 127.0.0.1 and/or a Unix socket. One
-:class:`Service` holds the opened :class:`~shelfrank.device.Recommender` and answers requests;
-:func:`start` binds the listeners and serves them from background threads.
+The standard library's ``http.server`` on top of the runtime, plus msgspec for the bodies: a
+thread per connection (at most ``max_connections``; beyond that a 503), HTTP/1.1 keep-alive, on
+127.0.0.1 and/or a Unix socket. One :class:`Service` holds the opened
+:class:`~shelfrank.device.Recommender` and answers requests; :func:`start` binds the listeners
+and serves them from background threads.
 
 Every operation is ``POST /v1/<verb>`` with a JSON object body (shopper ids travel in bodies,
 never in URLs, so they never land in access logs), plus ``GET /v1/health``, ``GET /v1/status``
-and ``GET /openapi.json``. Request bodies are checked against the same schemas the OpenAPI
-description publishes (:data:`SCHEMAS`), so the description and the server cannot disagree.
-Client mistakes get a 4xx with ``{"error": type, "message": ..., "field": ...}``; only a bug in
-the service itself answers 500 (and logs its traceback).
+and ``GET /openapi.json``. Request and response bodies are the typed structs of
+:mod:`shelfrank.device.formats`; a request body is decoded and checked in one call, and the
+OpenAPI description is generated from the same types, so the description and the server cannot
+disagree. Client mistakes get a 4xx with ``{"error": type, "message": ..., "field": ...}``; only
+a bug in the service itself answers 500 (and logs its traceback).
+
+Bounds (a hostile or broken client on the same machine): a body size per operation (413), a
+whole-request deadline from the first byte to the last (408), an idle timeout between
+keep-alive requests, and a cap on open connections (503).
 
 A catalog sync normally runs as a separate process (``shelfrank sync`` from a timer). Before a
 request the service calls :meth:`Recommender.refresh` at most once per ``refresh_interval``
@@ -20,6 +26,7 @@ seconds, so a newly installed catalog is served within about a second, swapped i
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import logging
 import math
@@ -31,368 +38,167 @@ import stat
 import threading
 import time
 from collections import Counter
-from dataclasses import fields
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
+
+import msgspec
 
 from shelfrank import __version__
-from shelfrank.device.catalog import Item
-from shelfrank.device.events import Event
+from shelfrank.device import formats as fmt
+from shelfrank.device.formats import MAX_K
 from shelfrank.device.kernel import active_isa
-from shelfrank.device.text import ACTIONS
-from shelfrank.errors import InputError, UnknownItemError
+from shelfrank.errors import EventStoreBusyError, InputError, RequestBodyError, UnknownItemError
+
+__all__ = ["MAX_BODY", "MAX_K", "Servers", "Service", "openapi_spec", "start"]
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger(__name__ + ".access")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8377
-MAX_BODY = 1 << 20  # bytes; a request body above this is refused (413)
+MAX_BODY = 1 << 20  # bytes; the largest body any operation takes (recommend/similar: long id lists)
+SMALL_BODY = 16 << 10  # record, history, forget: two ids and an action
+SEARCH_BODY = 64 << 10  # search: the text is cut to what the encoder reads anyway (encoder.MAX_TEXT_CHARS)
 DRAIN_LIMIT = 16 << 20  # an oversized body up to this is read and dropped (the connection stays usable)
-MAX_K = 1000
 IDLE_TIMEOUT = 30.0  # seconds a keep-alive connection may stay silent before it is closed
+REQUEST_DEADLINE = 10.0  # seconds from a request's first byte to its last: a slow drip cannot hold a thread
+MAX_CONNECTIONS = 64  # open connections served at once; one more is answered 503 and closed
 UNIX_SOCKET_MODE = 0o660
 
-# ---- schemas: the OpenAPI description and the request checks share them -------------------------
-
-_USER_ID = {
-    "type": "string",
-    "minLength": 1,
-    "pattern": r"\S",
-    "description": "The shopper's id (any string with a non-space character).",
-    "example": "u42",
-}
-_ITEM_ID = {
-    "type": "string",
-    "minLength": 1,
-    "description": "An item id of the catalog served.",
-    "example": "SKU-00123",
-}
-_K = {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10, "description": "How many items to return."}
-_STRINGS = {
-    "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
-    "x-describe": "a string or a list of strings",
-}
-_WHERE = {
-    "type": "object",
-    "additionalProperties": False,
-    "description": "Filters (all optional, combined with AND). An item with an unknown price never "
-    "passes a price filter; ids in allow_ids/deny_ids that are not in the catalog are ignored.",
-    "properties": {
-        "category": {**_STRINGS, "description": "Only these categories."},
-        "brand": {**_STRINGS, "description": "Only these brands."},
-        "min_price": {"type": "number", "description": "Price at least this."},
-        "max_price": {"type": "number", "description": "Price at most this."},
-        "in_stock": {"type": "boolean", "description": "Only items in (true) or out of (false) stock."},
-        "allow_ids": {"type": "array", "items": {"type": "string"}, "description": "Only these item ids."},
-        "deny_ids": {"type": "array", "items": {"type": "string"}, "description": "Never these item ids."},
-    },
-}
+# ---- the operations: paths, bodies, limits, and the OpenAPI description made from them ---------
 
 
-def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"type": "object", "additionalProperties": False, "required": required, "properties": properties}
+class _Op(NamedTuple):
+    name: str
+    request: type | None  # the request body's struct (None: no body)
+    response: type
+    summary: str
+    statuses: tuple[int, ...]  # the 4xx it may answer besides the common ones
+    max_body: int
 
 
-SCHEMAS: dict[str, dict[str, Any]] = {
-    "RecordRequest": _body(
-        {
-            "user_id": _USER_ID,
-            "item_id": _ITEM_ID,
-            "action": {"type": "string", "enum": list(ACTIONS)},
-            "ts": {"type": "number", "description": "Event time, Unix seconds (default: now)."},
-        },
-        ["user_id", "item_id", "action"],
-    ),
-    "RecommendRequest": _body(
-        {
-            "user_id": _USER_ID,
-            "k": _K,
-            "exclude_seen": {
-                "type": "boolean",
-                "default": True,
-                "description": "Leave out items in the shopper's history.",
-            },
-            "where": _WHERE,
-        },
-        ["user_id"],
-    ),
-    "SimilarRequest": _body({"item_id": _ITEM_ID, "k": _K, "where": _WHERE}, ["item_id"]),
-    "SearchRequest": _body(
-        {
-            "text": {"type": "string", "minLength": 1, "pattern": r"\S", "example": "wireless headphones"},
-            "k": _K,
-            "where": _WHERE,
-        },
-        ["text"],
-    ),
-    "UserRequest": _body({"user_id": _USER_ID}, ["user_id"]),
-}
-
-_ERROR_TYPES = {
-    400: "invalid_json",
-    404: "not_found",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    411: "length_required",
-    413: "payload_too_large",
-    414: "uri_too_long",
-    415: "unsupported_media_type",
-    422: "validation_error",
-    431: "headers_too_large",
-    500: "internal_error",
-    503: "unavailable",
-}
-_ERROR_TYPE_NAMES = sorted({*_ERROR_TYPES.values(), "bad_request", "unknown_item", "invalid_input"})
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {**schema, "nullable": True}
-
-
-_ITEM = {
-    "type": "object",
-    "required": ["item_id", "score", "title", "category", "brand", "price", "in_stock"],
-    "properties": {
-        "item_id": {"type": "string"},
-        "score": {"type": "number", "description": "Cosine similarity; for a shopper without history, popularity."},
-        "title": {"type": "string"},
-        "category": _nullable({"type": "string"}),
-        "brand": _nullable({"type": "string"}),
-        "price": _nullable({"type": "number"}),
-        "in_stock": {"type": "boolean"},
-    },
-}
-_ITEMS = {"type": "array", "items": {"$ref": "#/components/schemas/Item"}}
-_EVENT = {
-    "type": "object",
-    "required": ["item_id", "action", "ts"],
-    "properties": {
-        "item_id": {"type": "string"},
-        "action": {"type": "string", "enum": list(ACTIONS)},
-        "ts": {"type": "number"},
-    },
-}
-_RESPONSES: dict[str, dict[str, Any]] = {
-    "Item": _ITEM,
-    "Event": _EVENT,
-    "Error": {
-        "type": "object",
-        "required": ["error", "message"],
-        "properties": {
-            "error": {"type": "string", "enum": _ERROR_TYPE_NAMES},
-            "message": {"type": "string", "description": "What is wrong, naming the field."},
-            "field": {"type": "string", "description": "The offending field, e.g. where.min_price (when one is)."},
-        },
-    },
-    "RecordResponse": {
-        "type": "object",
-        "required": ["user_id", "item_id", "action", "ts"],
-        "properties": {
-            "user_id": {"type": "string"},
-            "item_id": {"type": "string"},
-            "action": {"type": "string", "enum": list(ACTIONS)},
-            "ts": {"type": "number"},
-        },
-    },
-    "RecommendResponse": {
-        "type": "object",
-        "required": ["user_id", "catalog_version", "items"],
-        "properties": {"user_id": {"type": "string"}, "catalog_version": {"type": "integer"}, "items": _ITEMS},
-    },
-    "SimilarResponse": {
-        "type": "object",
-        "required": ["item_id", "catalog_version", "items"],
-        "properties": {"item_id": {"type": "string"}, "catalog_version": {"type": "integer"}, "items": _ITEMS},
-    },
-    "SearchResponse": {
-        "type": "object",
-        "required": ["catalog_version", "items"],
-        "properties": {"catalog_version": {"type": "integer"}, "items": _ITEMS},
-    },
-    "HistoryResponse": {
-        "type": "object",
-        "required": ["user_id", "events"],
-        "properties": {
-            "user_id": {"type": "string"},
-            "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
-        },
-    },
-    "ForgetResponse": {
-        "type": "object",
-        "required": ["user_id", "forgotten"],
-        "properties": {"user_id": {"type": "string"}, "forgotten": {"type": "boolean", "enum": [True]}},
-    },
-    "HealthResponse": {
-        "type": "object",
-        "required": ["status", "catalog_version", "catalog_items"],
-        "properties": {
-            "status": {"type": "string", "enum": ["ok"]},
-            "catalog_version": {"type": "integer"},
-            "catalog_items": {"type": "integer", "minimum": 1},
-        },
-    },
-    "StatusResponse": {
-        "type": "object",
-        "required": [
-            "service",
-            "version",
-            "bundle",
-            "catalog",
-            "board",
-            "threads",
-            "isa",
-            "started_at",
-            "uptime_s",
-            "requests",
-        ],
-        "properties": {
-            "service": {"type": "string", "enum": ["shelfrank"]},
-            "version": {"type": "string", "description": "shelfrank package version"},
-            "bundle": {
-                "type": "object",
-                "required": ["path", "format_version", "created_at", "model_sha256", "publisher_key_id"],
-                "properties": {
-                    "path": {"type": "string"},
-                    "format_version": {"type": "integer"},
-                    "created_at": {"type": "string"},
-                    "model_sha256": {"type": "string"},
-                    "publisher_key_id": {"type": "string"},
-                },
-            },
-            "catalog": {
-                "type": "object",
-                "required": ["version", "items", "bundle_version", "source"],
-                "properties": {
-                    "version": {"type": "integer"},
-                    "items": {"type": "integer"},
-                    "bundle_version": {"type": "integer", "description": "the bundle's own catalog version"},
-                    "source": {"type": "string", "enum": ["bundle", "synced"]},
-                },
-            },
-            "board": _nullable({"type": "string"}),
-            "threads": {"type": "integer"},
-            "isa": {"type": "string", "description": "the top-k kernel path in use"},
-            "started_at": {"type": "string", "format": "date-time"},
-            "uptime_s": {"type": "number"},
-            "requests": {
-                "type": "object",
-                "required": ["total", "by_operation", "by_status"],
-                "properties": {
-                    "total": {"type": "integer"},
-                    "by_operation": {"type": "object", "additionalProperties": {"type": "integer"}},
-                    "by_status": {"type": "object", "additionalProperties": {"type": "integer"}},
-                },
-            },
-        },
-    },
-}
-
-# (method, path) -> (operation id, request schema name or None, response schema, summary, extra statuses)
-_OPERATIONS: dict[tuple[str, str], tuple[str, str | None, str, str, tuple[int, ...]]] = {
-    ("POST", "/v1/record"): (
+_OPERATIONS: dict[tuple[str, str], _Op] = {
+    ("POST", "/v1/record"): _Op(
         "record",
-        "RecordRequest",
-        "RecordResponse",
+        fmt.RecordRequest,
+        fmt.RecordResponse,
         "Record one shopper event (durable before the answer); the next call reflects it.",
         (404,),
+        SMALL_BODY,
     ),
-    ("POST", "/v1/recommend"): (
+    ("POST", "/v1/recommend"): _Op(
         "recommend",
-        "RecommendRequest",
-        "RecommendResponse",
+        fmt.RecommendRequest,
+        fmt.RecommendResponse,
         "Items for this shopper, best first; popular items when they have no history yet.",
         (),
+        MAX_BODY,
     ),
-    ("POST", "/v1/similar"): (
+    ("POST", "/v1/similar"): _Op(
         "similar",
-        "SimilarRequest",
-        "SimilarResponse",
+        fmt.SimilarRequest,
+        fmt.SimilarResponse,
         "Items closest to an item (never the item itself).",
         (404,),
+        MAX_BODY,
     ),
-    ("POST", "/v1/search"): (
+    ("POST", "/v1/search"): _Op(
         "search",
-        "SearchRequest",
-        "SearchResponse",
+        fmt.SearchRequest,
+        fmt.SearchResponse,
         "Items matching free text, embedded on the device with the bundle's encoder.",
         (),
+        SEARCH_BODY,
     ),
-    ("POST", "/v1/history"): (
+    ("POST", "/v1/history"): _Op(
         "history",
-        "UserRequest",
-        "HistoryResponse",
+        fmt.UserRequest,
+        fmt.HistoryResponse,
         "The shopper's stored events, oldest first ([] for an unknown or forgotten shopper).",
         (),
+        SMALL_BODY,
     ),
-    ("POST", "/v1/forget"): (
+    ("POST", "/v1/forget"): _Op(
         "forget",
-        "UserRequest",
-        "ForgetResponse",
+        fmt.UserRequest,
+        fmt.ForgetResponse,
         "Delete every event of the shopper, leaving no trace in the database files.",
         (),
+        SMALL_BODY,
     ),
-    ("GET", "/v1/health"): ("health", None, "HealthResponse", "Liveness: the catalog and event store answer.", ()),
-    ("GET", "/v1/status"): (
+    ("GET", "/v1/health"): _Op(
+        "health", None, fmt.HealthResponse, "Liveness: the catalog and event store answer.", (), SMALL_BODY
+    ),
+    ("GET", "/v1/status"): _Op(
         "status",
         None,
-        "StatusResponse",
+        fmt.StatusResponse,
         "Bundle and catalog versions, board, kernel ISA, uptime and request counts.",
         (),
+        SMALL_BODY,
     ),
 }
 _PATHS: dict[str, dict[str, str]] = {}
-for (_method, _path), (_op, *_rest) in _OPERATIONS.items():
-    _PATHS.setdefault(_path, {})[_method] = _op
+for (_method, _path), _op in _OPERATIONS.items():
+    _PATHS.setdefault(_path, {})[_method] = _op.name
 _PATHS["/openapi.json"] = {"GET": "openapi"}
 
 _STATUS_TEXT = {
     200: "OK",
     400: "Malformed request: invalid JSON, a body that is not UTF-8, or broken HTTP framing.",
     404: "Unknown item id (error = unknown_item).",
+    408: "The request did not arrive in full within the request deadline.",
     411: "No Content-Length (chunked bodies are not accepted).",
-    413: f"Body over the size limit (default {MAX_BODY} bytes).",
+    413: "Body over this operation's size limit.",
     415: "Content-Type is not application/json (charset utf-8).",
     422: "A field is missing, unknown, of the wrong type or out of range.",
     500: "A bug in the service (the traceback is logged); never caused by client input.",
-    503: "The service is shutting down, or (health) unhealthy.",
+    503: "The service is shutting down, at its connection limit, or (health) unhealthy.",
 }
 
 
 def _error_response(text: str) -> dict[str, Any]:
-    return {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {
+        "description": text,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
 
 
 def openapi_spec() -> dict[str, Any]:
-    """The OpenAPI 3.0 description of the service (served at ``GET /openapi.json``)."""
+    """The OpenAPI 3.1 description of the service (served at ``GET /openapi.json``).
+
+    The schemas are generated from the request and response structs the service decodes and
+    encodes (:func:`shelfrank.device.formats.service_schemas`).
+    """
     paths: dict[str, Any] = {}
-    for (method, path), (op, request, response, summary, extra) in _OPERATIONS.items():
+    for (method, path), op in _OPERATIONS.items():
         responses: dict[str, Any] = {
             "200": {
                 "description": "OK",
-                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{response}"}}},
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{op.response.__name__}"}}},
             }
         }
-        codes = (400, *extra, 411, 413, *((415, 422) if request else ()), 503)
+        codes = (400, *op.statuses, 408, 411, 413, *((415, 422) if op.request else ()), 503)
         for code in (*codes, 500):
-            responses[str(code)] = _error_response(_STATUS_TEXT[code])
-        entry: dict[str, Any] = {"operationId": op, "summary": summary, "responses": responses}
-        if request is not None:
+            text = _STATUS_TEXT[code] + (f" This one takes at most {op.max_body} bytes." if code == 413 else "")
+            responses[str(code)] = _error_response(text)
+        entry: dict[str, Any] = {"operationId": op.name, "summary": op.summary, "responses": responses}
+        if op.request is not None:
             entry["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{request}"}}},
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{op.request.__name__}"}}},
             }
         paths.setdefault(path, {})[method.lower()] = entry
     paths["/openapi.json"] = {
         "get": {
             "operationId": "openapi",
             "summary": "This description.",
-            "responses": {"200": {"description": "OpenAPI 3.0 document", "content": {"application/json": {}}}},
+            "responses": {"200": {"description": "OpenAPI 3.1 document", "content": {"application/json": {}}}},
         }
     }
-    schemas = {name: {k: v for k, v in s.items() if not k.startswith("x-")} for name, s in SCHEMAS.items()}
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "shelfrank device service",
             "version": __version__,
@@ -400,20 +206,11 @@ def openapi_spec() -> dict[str, Any]:
             "Errors are JSON: {error, message, field?}.",
         },
         "paths": paths,
-        "components": {"schemas": {**_strip_x(schemas), **_RESPONSES}},
+        "components": {"schemas": fmt.service_schemas()},
     }
 
 
-def _strip_x(obj: Any) -> Any:
-    """The schemas without this module's private ``x-`` annotations."""
-    if isinstance(obj, dict):
-        return {k: _strip_x(v) for k, v in obj.items() if not k.startswith("x-")}
-    if isinstance(obj, list):
-        return [_strip_x(v) for v in obj]
-    return obj
-
-
-# ---- request checks (the subset of JSON Schema the schemas above use) ------------------------------
+# ---- refusals -----------------------------------------------------------------------------------
 
 
 class RequestError(Exception):
@@ -439,114 +236,65 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _invalid(field: str, must: str, value: Any) -> RequestError:
-    name = field or "request body"
-    return RequestError(422, "validation_error", f"{name} must be {must}, got {_show(value)}", field=field or None)
+_ENCODER = msgspec.json.Encoder()
 
 
-def check(schema: dict[str, Any], value: Any, field: str = "") -> Any:
-    """``value`` checked against ``schema`` (integral floats become ints); raises :class:`RequestError` (422)."""
-    if "anyOf" in schema:
-        for alt in schema["anyOf"]:
-            try:
-                return check(alt, value, field)
-            except RequestError:
-                pass
-        raise _invalid(field, schema.get("x-describe", "one of the allowed forms"), value)
-    kind = schema.get("type")
-    if kind == "object":
-        if not isinstance(value, dict):
-            raise _invalid(field, "a JSON object", value)
-        props = schema.get("properties", {})
-        if schema.get("additionalProperties") is False:
-            for key in value:
-                if key not in props:
-                    name = f"{field}.{key}" if field else key
-                    raise RequestError(
-                        422,
-                        "validation_error",
-                        f"{name} is not a known field; allowed{' in ' + field if field else ''}: {', '.join(props)}",
-                        field=name,
-                    )
-        for key in schema.get("required", ()):
-            if key not in value:
-                name = f"{field}.{key}" if field else key
-                raise RequestError(422, "validation_error", f"{name} is required", field=name)
-        return {key: check(props[key], v, f"{field}.{key}" if field else key) for key, v in value.items()}
-    if kind == "array":
-        if not isinstance(value, list):
-            raise _invalid(field, "an array", value)
-        return [check(schema.get("items", {}), v, f"{field}[{i}]") for i, v in enumerate(value)]
-    if kind == "string":
-        if not isinstance(value, str):
-            raise _invalid(field, "a string", value)
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _invalid(field, "valid Unicode (it holds a lone surrogate)", value) from None
-        if len(value) < schema.get("minLength", 0):
-            raise _invalid(field, f"at least {schema['minLength']} character(s) long", value)
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            raise _invalid(field, "a string with a non-space character", value)
-        if "enum" in schema and value not in schema["enum"]:
-            raise _invalid(field, f"one of {', '.join(schema['enum'])}", value)
-        return value
-    if kind in ("integer", "number"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _invalid(field, "an integer" if kind == "integer" else "a number", value)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise _invalid(field, "a finite number", value)
-        if kind == "integer":
-            if isinstance(value, float) and not value.is_integer():
-                raise _invalid(field, "an integer", value)
-            value = int(value)
-        else:
-            try:
-                value = float(value)  # JSON allows integers far beyond any float
-            except OverflowError:
-                raise _invalid(field, "a finite number", value) from None
-        lo, hi = schema.get("minimum"), schema.get("maximum")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise _invalid(field, f"between {lo} and {hi}" if hi is not None else f"at least {lo}", value)
-        return value
-    if kind == "boolean":
-        if not isinstance(value, bool):
-            raise _invalid(field, "true or false", value)
-        return value
-    return value
+def _error_body(e: RequestError) -> bytes:
+    field = msgspec.UNSET if e.field is None else e.field
+    return _ENCODER.encode(fmt.ErrorBody(error=e.kind, message=e.message, field=field))
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+def _check_content_type(value: str | None) -> None:
+    if value is None:
+        raise RequestError(415, "unsupported_media_type", "Content-Type is missing; send application/json")
+    media, *params = (p.strip() for p in value.split(";"))
+    if media.lower() != "application/json":
+        raise RequestError(415, "unsupported_media_type", f"Content-Type {_show(value)} is not application/json")
+    for p in params:
+        name, _, val = p.partition("=")
+        if name.strip().lower() == "charset" and val.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise RequestError(415, "unsupported_media_type", f"charset {_show(val)} is not supported; send utf-8")
 
 
-def parse_json(body: bytes) -> Any:
-    """The JSON document in a UTF-8 body; raises :class:`RequestError` (400) naming the problem."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RequestError(400, "invalid_json", f"the request body is not UTF-8 ({e.reason} at byte {e.start})") from e
-    if not text.strip():
-        raise RequestError(400, "invalid_json", "the request body is empty; send a JSON object")
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except RecursionError:
-        raise RequestError(400, "invalid_json", "the request body is nested too deeply") from None
-    except ValueError as e:  # JSONDecodeError, NaN/Infinity, an integer with too many digits
-        raise RequestError(400, "invalid_json", f"the request body is not valid JSON: {e}") from e
+_DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII only: "²".isdigit() is True, and int("²") raises
+
+
+def content_length(values: list[str]) -> int:
+    """The body length from a request's ``Content-Length`` header(s) (0 when there is none).
+
+    Raises:
+        RequestError: 400 for anything but one run of ASCII digits (repeated headers must agree);
+            413 for more than 18 digits (no body is that large; int() refuses over 4,300 digits).
+    """
+    if not values:
+        return 0
+    text = {v.strip(" \t") for v in values}
+    if len(text) == 1:
+        (digits,) = text
+        if _DIGITS.fullmatch(digits):
+            return int(digits)
+        if digits.isascii() and digits.isdigit():
+            raise RequestError(413, "payload_too_large", f"a Content-Length of {len(digits)} digits is too large")
+    raise RequestError(400, "bad_request", f"invalid Content-Length {_show(', '.join(values))}")
 
 
 # ---- the service --------------------------------------------------------------------------------
 
 
-_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # NaN would be a bug: 500, not bad JSON
-_ITEM_FIELDS = tuple(f.name for f in fields(Item))
-_EVENT_FIELDS = tuple(f.name for f in fields(Event))
+def _items(items: list) -> list[fmt.Item]:
+    out = []
+    for it in items:
+        if not math.isfinite(it.score):  # msgspec would write null; a NaN score is a bug in the runtime
+            raise RuntimeError(f"item {it.item_id!r} has a non-finite score {it.score}")
+        out.append(fmt.Item(it.item_id, it.score, it.title, it.category, it.brand, it.price, it.in_stock))
+    return out
 
 
-def _items(items: list[Item]) -> list[dict[str, Any]]:
-    # explicit dicts: dataclasses.asdict deep-copies every field and cost more than the query itself
-    return [{f: getattr(it, f) for f in _ITEM_FIELDS} for it in items]
+def _manifest_get(m: Any, *keys: str, default: Any = None) -> Any:
+    """A manifest field by path, whether the manifest is a typed struct or (older) a dict."""
+    for key in keys:
+        m = m.get(key, default) if isinstance(m, Mapping) else getattr(m, key, default)
+    return m
 
 
 class Service:
@@ -555,7 +303,8 @@ class Service:
     Args:
         rec: the opened recommender (the caller closes it).
         board: the board name, reported by ``status``.
-        max_body: the largest request body accepted, in bytes.
+        max_body: the largest request body accepted, in bytes; each operation has its own
+            smaller-or-equal limit too (record/history/forget 16 KiB, search 64 KiB).
         refresh_interval: seconds between checks for a catalog another process synced.
     """
 
@@ -575,7 +324,7 @@ class Service:
         self._refresh_lock = threading.Lock()
         self._next_refresh = 0.0
         self._spec = json.dumps(openapi_spec(), separators=(",", ":")).encode()
-        self._handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+        self._handlers: dict[str, Callable[[Any], msgspec.Struct]] = {
             "record": self._record,
             "recommend": self._recommend,
             "similar": self._similar,
@@ -595,9 +344,14 @@ class Service:
             return None
         return [*methods, *(["HEAD"] if "GET" in methods else []), "OPTIONS"]
 
+    def body_limit(self, method: str, path: str) -> int:
+        """The largest body a request to ``method path`` may carry, in bytes."""
+        op = _OPERATIONS.get(("GET" if method == "HEAD" else method, path))
+        return min(op.max_body, self.max_body) if op is not None else min(SMALL_BODY, self.max_body)
+
     def handle(self, method: str, path: str, content_type: str | None, body: bytes) -> tuple[int, bytes, dict]:
         """One request → (status, JSON body, extra headers). Never raises for client input."""
-        op = "unknown"
+        name = "unknown"
         try:
             methods = _PATHS.get(path)
             if methods is None:
@@ -613,35 +367,40 @@ class Service:
                     f"{method} is not allowed on {path}; use {' or '.join(methods)}",
                     headers={"Allow": allow},
                 )
-            op = methods[verb]
-            if op == "openapi":
-                return self._count(op, 200, self._spec, {})
-            request = _OPERATIONS[(verb, path)][1]
-            args: dict[str, Any] = {}
-            if request is not None:
+            name = methods[verb]
+            if name == "openapi":
+                return self._count(name, 200, self._spec, {})
+            op = _OPERATIONS[(verb, path)]
+            args = None
+            if op.request is not None:
                 _check_content_type(content_type)
-                args = check(SCHEMAS[request], parse_json(body))
+                args = fmt.decode_request(body, op.request)
             if not self._enter():
                 raise RequestError(503, "unavailable", "the service is shutting down", close=True)
             try:
                 self._maybe_refresh()
-                payload = self._handlers[op](args)
+                payload = self._handlers[name](args)
             finally:
                 self._leave()
-            out = _JSON.encode(payload).encode()
-            return self._count(op, 200, out, {})
+            return self._count(name, 200, _ENCODER.encode(payload), {})
         except RequestError as e:
             headers = {**e.headers, **({"Connection": "close"} if e.close else {})}
-            return self._count(op, e.status, _error_body(e), headers)
+            return self._count(name, e.status, _error_body(e), headers)
+        except RequestBodyError as e:
+            status, kind = (400, "invalid_json") if e.malformed else (422, "validation_error")
+            return self._count(name, status, _error_body(RequestError(status, kind, str(e), field=e.field)), {})
         except UnknownItemError as e:
             err = RequestError(404, "unknown_item", f"item_id: {e}", field="item_id")
-            return self._count(op, 404, _error_body(err), {})
-        except InputError as e:  # a rule the schema cannot state, checked by the runtime
-            return self._count(op, 422, _error_body(RequestError(422, "invalid_input", str(e))), {})
+            return self._count(name, 404, _error_body(err), {})
+        except InputError as e:  # a rule the contract cannot state, checked by the runtime
+            return self._count(name, 422, _error_body(RequestError(422, "invalid_input", str(e))), {})
+        except EventStoreBusyError as e:  # the rows are gone; the files are cleaned once the reader ends
+            err = RequestError(503, "unavailable", str(e), headers={"Retry-After": "1"})
+            return self._count(name, 503, _error_body(err), err.headers)
         except Exception:
             logger.exception("%s %s failed (a bug in the service, not the request)", method, path)
             err = RequestError(500, "internal_error", "internal error (the service logged the traceback)")
-            return self._count(op, 500, _error_body(err), {})
+            return self._count(name, 500, _error_body(err), {})
 
     # -- bookkeeping --
 
@@ -652,7 +411,7 @@ class Service:
         return status, body, headers
 
     def count_rejected(self, status: int) -> None:
-        """Count a request refused before it reached :meth:`handle` (framing errors)."""
+        """Count a request refused before it reached :meth:`handle` (framing errors, the connection cap)."""
         self._count("unknown", status, b"", {})
 
     def _enter(self) -> bool:
@@ -688,41 +447,36 @@ class Service:
         finally:
             self._refresh_lock.release()
 
-    # -- operations --
+    # -- operations: a typed request in, a typed response out --
 
-    def _record(self, a: dict[str, Any]) -> dict[str, Any]:
-        ts = float(a["ts"]) if "ts" in a else time.time()
-        self.rec.record(a["user_id"], a["item_id"], a["action"], ts)
-        return {"user_id": a["user_id"], "item_id": a["item_id"], "action": a["action"], "ts": ts}
+    def _record(self, a: fmt.RecordRequest) -> fmt.RecordResponse:
+        ts = time.time() if a.ts is msgspec.UNSET else a.ts
+        self.rec.record(a.user_id, a.item_id, a.action, ts)
+        return fmt.RecordResponse(a.user_id, a.item_id, a.action, ts)
 
-    def _recommend(self, a: dict[str, Any]) -> dict[str, Any]:
+    def _recommend(self, a: fmt.RecommendRequest) -> fmt.RecommendResponse:
         version = self.rec.catalog.version
-        items = self.rec.recommend(
-            a["user_id"], a.get("k", 10), exclude_seen=a.get("exclude_seen", True), where=a.get("where")
-        )
-        return {"user_id": a["user_id"], "catalog_version": version, "items": _items(items)}
+        items = self.rec.recommend(a.user_id, a.k, exclude_seen=a.exclude_seen, where=_where(a.where))
+        return fmt.RecommendResponse(a.user_id, version, _items(items))
 
-    def _similar(self, a: dict[str, Any]) -> dict[str, Any]:
+    def _similar(self, a: fmt.SimilarRequest) -> fmt.SimilarResponse:
         version = self.rec.catalog.version
-        items = self.rec.similar(a["item_id"], a.get("k", 10), where=a.get("where"))
-        return {"item_id": a["item_id"], "catalog_version": version, "items": _items(items)}
+        items = self.rec.similar(a.item_id, a.k, where=_where(a.where))
+        return fmt.SimilarResponse(a.item_id, version, _items(items))
 
-    def _search(self, a: dict[str, Any]) -> dict[str, Any]:
+    def _search(self, a: fmt.SearchRequest) -> fmt.SearchResponse:
         version = self.rec.catalog.version
-        return {
-            "catalog_version": version,
-            "items": _items(self.rec.search(a["text"], a.get("k", 10), where=a.get("where"))),
-        }
+        return fmt.SearchResponse(version, _items(self.rec.search(a.text, a.k, where=_where(a.where))))
 
-    def _history(self, a: dict[str, Any]) -> dict[str, Any]:
-        events = self.rec.history(a["user_id"])
-        return {"user_id": a["user_id"], "events": [{f: getattr(e, f) for f in _EVENT_FIELDS} for e in events]}
+    def _history(self, a: fmt.UserRequest) -> fmt.HistoryResponse:
+        events = [fmt.Event(e.item_id, e.action, e.ts) for e in self.rec.history(a.user_id)]
+        return fmt.HistoryResponse(a.user_id, events)
 
-    def _forget(self, a: dict[str, Any]) -> dict[str, Any]:
-        self.rec.forget(a["user_id"])
-        return {"user_id": a["user_id"], "forgotten": True}
+    def _forget(self, a: fmt.UserRequest) -> fmt.ForgetResponse:
+        self.rec.forget(a.user_id)
+        return fmt.ForgetResponse(a.user_id, True)
 
-    def _health(self, _: dict[str, Any]) -> dict[str, Any]:
+    def _health(self, _: None) -> fmt.HealthResponse:
         cat = self.rec.catalog
         try:
             self.rec.history("health-check")  # one SQLite read: the event store answers
@@ -732,71 +486,88 @@ class Service:
             raise RequestError(503, "unavailable", f"unhealthy: {e}") from e
         if not ok:
             raise RequestError(503, "unavailable", f"unhealthy: catalog version {cat.version} is empty")
-        return {"status": "ok", "catalog_version": cat.version, "catalog_items": len(cat)}
+        return fmt.HealthResponse("ok", cat.version, len(cat))
 
-    def _status(self, _: dict[str, Any]) -> dict[str, Any]:
-        rec, cat = self.rec, self.rec.catalog
-        m = rec.manifest
-        bundle_version = int(m["catalog"]["version"])
+    def _status(self, _: None) -> fmt.StatusResponse:
+        rec, cat, m = self.rec, self.rec.catalog, self.rec.manifest
         with self._lock:
             by_op, by_status = dict(self._by_op), {str(k): v for k, v in sorted(self._by_status.items())}
-        return {
-            "service": "shelfrank",
-            "version": __version__,
-            "bundle": {
-                "path": str(rec.bundle),
-                "format_version": int(m["format_version"]),
-                "created_at": str(m.get("created_at", "")),
-                "model_sha256": m["model"]["sha256"],
-                "publisher_key_id": str(m.get("publisher_key_id", "")),
-            },
-            "catalog": {
-                "version": cat.version,
-                "items": len(cat),
-                "bundle_version": bundle_version,
-                "source": "bundle" if Path(cat.root) == Path(rec.bundle) / "catalog" else "synced",
-            },
-            "board": self.board,
-            "threads": int(rec.threads),
-            "isa": active_isa(),
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
-            "uptime_s": round(time.monotonic() - self._started_mono, 3),
-            # requests answered before this one
-            "requests": {"total": sum(by_op.values()), "by_operation": by_op, "by_status": by_status},
-        }
+        return fmt.StatusResponse(
+            service="shelfrank",
+            version=__version__,
+            bundle=fmt.BundleStatus(
+                path=str(rec.bundle),
+                format_version=int(_manifest_get(m, "format_version")),
+                created_at=str(_manifest_get(m, "created_at", default="") or ""),
+                model_sha256=str(_manifest_get(m, "model", "sha256")),
+                publisher_key_id=str(_manifest_get(m, "publisher_key_id", default="") or ""),
+            ),
+            catalog=fmt.CatalogStatus(
+                version=cat.version,
+                items=len(cat),
+                bundle_version=int(_manifest_get(m, "catalog", "version")),
+                source="bundle" if Path(cat.root) == Path(rec.bundle) / "catalog" else "synced",
+            ),
+            board=self.board,
+            threads=int(rec.threads),
+            isa=active_isa(),
+            started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+            uptime_s=round(time.monotonic() - self._started_mono, 3),
+            requests=fmt.RequestCounts(sum(by_op.values()), by_op, by_status),
+        )
 
 
-def _check_content_type(value: str | None) -> None:
-    if value is None:
-        raise RequestError(415, "unsupported_media_type", "Content-Type is missing; send application/json")
-    media, *params = (p.strip() for p in value.split(";"))
-    if media.lower() != "application/json":
-        raise RequestError(415, "unsupported_media_type", f"Content-Type {_show(value)} is not application/json")
-    for p in params:
-        name, _, val = p.partition("=")
-        if name.strip().lower() == "charset" and val.strip().strip('"').lower() not in ("utf-8", "utf8"):
-            raise RequestError(415, "unsupported_media_type", f"charset {_show(val)} is not supported; send utf-8")
-
-
-def _error_body(e: RequestError) -> bytes:
-    doc = {"error": e.kind, "message": e.message}
-    if e.field is not None:
-        doc["field"] = e.field
-    return json.dumps(doc, separators=(",", ":")).encode()
+def _where(where: fmt.Where | msgspec.UnsetType) -> dict[str, Any] | None:
+    return None if where is msgspec.UNSET else where.as_filter()
 
 
 # ---- HTTP on top: one thread per connection, keep-alive ------------------------------------------------
+
+
+class _RequestDeadline(TimeoutError):
+    """The request did not arrive in full within the whole-request deadline."""
+
+
+class _SocketReader(io.RawIOBase):
+    """The connection's receive side, every read bounded by the idle timeout and, once a request
+    has begun, by the whole-request deadline (a socket timeout alone is per read: a client
+    dripping one byte every few seconds would never trip it)."""
+
+    def __init__(self, sock: socket.socket, idle_timeout: float) -> None:
+        self._sock, self.idle_timeout = sock, idle_timeout
+        self.deadline: float | None = None  # time.monotonic() by which the request must be in
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        timeout = self.idle_timeout
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise _RequestDeadline("the request deadline passed")
+            timeout = min(timeout, left)
+        self._sock.settimeout(timeout)
+        try:
+            return self._sock.recv_into(buffer)
+        except (socket.timeout, TimeoutError):
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                raise _RequestDeadline("the request deadline passed") from None
+            raise
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = f"shelfrank/{__version__}"
     sys_version = ""
-    timeout = IDLE_TIMEOUT
-    server: Any  # _TCPServer or _UnixServer, both with .service and connection tracking
+    server: Any  # _TCPServer or _UnixServer: .service, .idle_timeout, .request_deadline, connection tracking
 
     def setup(self) -> None:
+        self.timeout = self.server.idle_timeout
         super().setup()
+        self.rfile.close()  # the plain makefile() reader: replaced by one that keeps the deadline
+        self._reader = _SocketReader(self.connection, self.server.idle_timeout)
+        self.rfile = io.BufferedReader(self._reader, 1 << 16)
         self.server.track(self.connection, True)
 
     def finish(self) -> None:
@@ -810,7 +581,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         # http.server's own loop, but every method reaches _dispatch (no 501 for an unknown one)
+        self.command, self.request_version, self._skipped_100 = "", "HTTP/1.1", False
         try:
+            self._reader.deadline = None  # between requests: the idle timeout only
+            if not self.rfile.peek(1):
+                self.close_connection = True
+                return
+            self._reader.deadline = time.monotonic() + self.server.request_deadline
             self.raw_requestline = self.rfile.readline(65537)
             if len(self.raw_requestline) > 65536:
                 self.requestline, self.request_version, self.command = "", "", ""
@@ -822,8 +599,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if not self.parse_request():  # it answered already (send_error below)
                 return
             self._dispatch()
+        except _RequestDeadline:
+            self._timed_out()
         except (socket.timeout, TimeoutError, ConnectionError):
             self.close_connection = True  # an idle or vanished client: nothing to answer
+        finally:
+            self._reader.deadline = None
+
+    def _timed_out(self) -> None:
+        """408, then close: the client was too slow to send one whole request."""
+        self.server.service.count_rejected(408)
+        self.close_connection = True
+        limit = self.server.request_deadline
+        err = RequestError(408, "request_timeout", f"the request did not arrive in full within {limit:g} s")
+        try:
+            self.connection.settimeout(1.0)  # a client this slow may not read either
+            self._write(408, _error_body(err), {"Connection": "close"})
+        except OSError:
+            pass
 
     def _dispatch(self) -> None:
         service: Service = self.server.service
@@ -831,15 +624,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.headers.get("Transfer-Encoding") is not None:
             self._reject(411, "length_required", "chunked request bodies are not accepted; send Content-Length")
             return
-        lengths = self.headers.get_all("Content-Length") or []
-        if len(set(lengths)) > 1 or (lengths and not lengths[0].strip().isdigit()):
-            self._reject(400, "bad_request", f"invalid Content-Length {_show(', '.join(lengths))}")
+        path = self.path.split("?", 1)[0]
+        try:
+            length = content_length(self.headers.get_all("Content-Length") or [])
+        except RequestError as e:
+            self._reject(e.status, e.kind, e.message)
             return
-        digits = lengths[0].strip() if lengths else "0"
-        length = int(digits) if len(digits) <= 18 else 1 << 62  # int() refuses over 4300 digits
-        if length > service.max_body:
-            message = f"the request body is {length} bytes; the limit is {service.max_body}"
-            if not self._skipped_100 and length <= max(DRAIN_LIMIT, service.max_body) and self._drain(length):
+        limit = service.body_limit(self.command, path)
+        if length > limit:
+            message = f"the request body is {length} bytes; the limit for {self.command} {path} is {limit}"
+            if not self._skipped_100 and length <= max(DRAIN_LIMIT, limit) and self._drain(length):
                 # read and dropped: the client sees the answer, not a reset, and may go on
                 service.count_rejected(413)
                 self._write(413, _error_body(RequestError(413, "payload_too_large", message)), {})
@@ -850,7 +644,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if len(body) < length:  # the client went away mid-body
             self.close_connection = True
             return
-        path = self.path.split("?", 1)[0]
+        self._reader.deadline = None
+        self.connection.settimeout(self.server.idle_timeout)  # for writing the answer
         status, payload, headers = service.handle(self.command, path, self.headers.get("Content-Type"), body)
         if headers.get("Connection") == "close":
             self.close_connection = True
@@ -868,9 +663,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     _skipped_100 = False
 
     def handle_expect_100(self) -> bool:
-        # "Expect: 100-continue" with a body we would refuse: answer 413 at once, without inviting it
-        length = (self.headers.get("Content-Length") or "").strip()
-        if length.isdigit() and (len(length) > 18 or int(length) > self.server.service.max_body):
+        # "Expect: 100-continue" with a body we would refuse: answer at once, without inviting it
+        try:
+            length = content_length(self.headers.get_all("Content-Length") or [])
+        except RequestError:
+            length = -1
+        if length < 0 or length > self.server.service.body_limit(self.command, self.path.split("?", 1)[0]):
             self._skipped_100 = True
             return True
         return super().handle_expect_100()
@@ -890,19 +688,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.server.service.count_rejected(status)
         self.close_connection = True
         self._write(status, _error_body(RequestError(status, kind, message)), {"Connection": "close"})
-        self._linger()
-
-    def _linger(self) -> None:
-        # Closing with unread request bytes makes the kernel send a reset, which can destroy the
-        # answer before the client reads it: stop writing, then drop what still arrives (≤ 2 s).
-        try:
-            self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(0.5)
-            deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline and self.connection.recv(1 << 16):
-                pass
-        except OSError:
-            pass
+        _linger(self.connection)
 
     def _write(self, status: int, body: bytes, headers: dict[str, str]) -> None:
         lines = [f"HTTP/1.1 {status} {_reason(status)}", f"Server: {self.server_version}"]
@@ -926,10 +712,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
         kind = "bad_request" if code == 400 else _ERROR_TYPES.get(code, "bad_request")
         self._write(code, _error_body(RequestError(code, kind, text)), {"Connection": "close"})
-        self._linger()
+        _linger(self.connection)
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s " + format, self.address_string(), *args)
+
+
+_ERROR_TYPES = {404: "not_found", 408: "request_timeout", 413: "payload_too_large", 414: "uri_too_long"}
+_ERROR_TYPES[431] = "headers_too_large"
+
+
+def _linger(conn: socket.socket, seconds: float = 2.0) -> None:
+    # Closing with unread request bytes makes the kernel send a reset, which can destroy the
+    # answer before the client reads it: stop writing, then drop what still arrives (≤ 2 s).
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(0.5)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and conn.recv(1 << 16):
+            pass
+    except OSError:
+        pass
 
 
 def _reason(status: int) -> str:
@@ -940,17 +743,52 @@ def _reason(status: int) -> str:
 
 
 class _Tracking:
-    """Connection bookkeeping shared by both listeners, so that close() can end keep-alive connections."""
+    """Connection bookkeeping shared by both listeners: the cap, and close() ending keep-alive connections."""
 
     service: Service
     daemon_threads = True
     request_queue_size = 128
 
-    def _init_tracking(self, service: Service) -> None:
+    def _init_tracking(
+        self, service: Service, *, max_connections: int, idle_timeout: float, request_deadline: float
+    ) -> None:
+        if max_connections < 1 or idle_timeout <= 0 or request_deadline <= 0:
+            raise InputError("max_connections must be >= 1 and the timeouts > 0 seconds")
         self.service = service
+        self.max_connections, self.idle_timeout = int(max_connections), float(idle_timeout)
+        self.request_deadline = float(request_deadline)
+        self._active = 0  # connections handed to a thread and not finished
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Condition()
         self._ending = False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # in the accepting thread: beyond the cap, answer 503 at once instead of starting a thread
+        with self._conns_lock:
+            busy = self._active >= self.max_connections
+            if not busy:
+                self._active += 1
+        if busy:
+            self.service.count_rejected(503)
+            _refuse(request, self.max_connections)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # type: ignore[misc]
+        except BaseException:
+            self._release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)  # type: ignore[misc]
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._conns_lock:
+            self._active -= 1
+            self._conns_lock.notify_all()
 
     def track(self, conn: socket.socket, alive: bool) -> None:
         with self._conns_lock:
@@ -973,6 +811,24 @@ class _Tracking:
         logger.exception("unhandled error on a connection from %s", client_address or "unix")
 
 
+def _refuse(conn: socket.socket, cap: int) -> None:
+    """503 on a connection over the cap, without blocking the accepting thread."""
+    err = RequestError(503, "unavailable", f"the service is at its limit of {cap} open connections; retry")
+    body = _error_body(err)
+    head = (
+        f"HTTP/1.1 503 Service Unavailable\r\nServer: shelfrank/{__version__}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    )
+    try:
+        conn.setblocking(False)  # a fresh socket's send buffer takes these few hundred bytes at once
+        conn.send(head.encode("latin-1") + body)
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(1 << 16):  # drop what already arrived, so close() does not reset the answer away
+            pass
+    except OSError:
+        pass
+
+
 def _shut(conn: socket.socket) -> None:
     try:
         conn.shutdown(socket.SHUT_RDWR)  # the handler's blocking read returns; it closes
@@ -985,8 +841,8 @@ class _TCPHandler(_Handler):
 
 
 class _TCPServer(_Tracking, http.server.ThreadingHTTPServer):
-    def __init__(self, address: tuple[str, int], service: Service) -> None:
-        self._init_tracking(service)
+    def __init__(self, address: tuple[str, int], service: Service, **limits: Any) -> None:
+        self._init_tracking(service, **limits)
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.address_family = family
         super().__init__(address, _TCPHandler)
@@ -998,8 +854,8 @@ class _TCPServer(_Tracking, http.server.ThreadingHTTPServer):
 
 
 class _UnixServer(_Tracking, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    def __init__(self, path: str, service: Service) -> None:
-        self._init_tracking(service)
+    def __init__(self, path: str, service: Service, **limits: Any) -> None:
+        self._init_tracking(service, **limits)
         super().__init__(path, _Handler)
 
     def server_bind(self) -> None:
@@ -1091,30 +947,37 @@ def start(
     host: str = DEFAULT_HOST,
     port: int | None = DEFAULT_PORT,
     unix: str | Path | None = None,
+    max_connections: int = MAX_CONNECTIONS,
+    idle_timeout: float = IDLE_TIMEOUT,
+    request_deadline: float = REQUEST_DEADLINE,
 ) -> Servers:
     """Bind the listeners and serve from background threads.
 
     Args:
         host, port: the TCP listener (port 0: any free port; ``port=None``: no TCP listener).
         unix: also (or, with ``port=None``, only) listen on this Unix socket path (mode 0660).
+        max_connections: connections served at once, per listener; one more is answered 503 and closed.
+        idle_timeout: seconds a connection may stay silent between requests (or in one read).
+        request_deadline: seconds from a request's first byte until all of it has arrived (else 408).
 
     Raises:
-        InputError: nothing to listen on, a bad --unix path, or the address is in use.
+        InputError: nothing to listen on, a bad --unix path, the address is in use, or a bad limit.
     """
     if port is None and unix is None:
         raise InputError("nothing to listen on: give a TCP port or a Unix socket path")
+    limits = dict(max_connections=max_connections, idle_timeout=idle_timeout, request_deadline=request_deadline)
     servers: list = []
     try:
         if port is not None:
             try:
-                servers.append(_TCPServer((host, int(port)), service))
+                servers.append(_TCPServer((host, int(port)), service, **limits))
             except OSError as e:
                 raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
         if unix is not None:
             path = Path(unix)
             _claim_unix_path(path)
             try:
-                servers.append(_UnixServer(str(path), service))
+                servers.append(_UnixServer(str(path), service, **limits))
             except OSError as e:
                 raise InputError(f"cannot listen on unix socket {path}: {e.strerror or e}") from e
     except BaseException:
