@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlparse
 
 from shelfrank.device import bundle as bfmt
+from shelfrank.device.formats import is_safe_rel_path
 from shelfrank.errors import InputError, ShelfrankError
 
 if TYPE_CHECKING:
@@ -49,6 +50,29 @@ class FlashError(ShelfrankError):
 
 
 SLOTS = ("slot_a", "slot_b")
+
+
+def sh_quote(word: str) -> str:
+    """One word of shell sent to a target (flash, runtime): the one place such words are quoted."""
+    return shlex.quote(str(word))
+
+
+_q = sh_quote
+
+
+def _safe_names(files: list[str], where: str) -> list[str]:
+    """``files`` when every name is a safe relative path (formats.SafeRelPath), else FlashError.
+
+    verify_bundle already refuses such names in a signed ``files`` table; the targets check again
+    because they are what writes, and other callers (runtime wheels) hand them names too.
+    """
+    bad = [f for f in files if not is_safe_rel_path(f)]
+    if bad:
+        raise FlashError(
+            f"{where}: refusing to copy {bad[0]!r}: not a safe relative file name "
+            "(no '..', no absolute path, no leading '-', no control characters)"
+        )
+    return files
 
 
 class Target:
@@ -77,10 +101,24 @@ class DirTarget(Target):
         return self._check(res, "command") if check else res
 
     def send(self, local_root: Path, files: list[str], remote_dir: str) -> None:
-        for rel in files:
-            dst = Path(remote_dir) / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
+        """Copy ``files`` (relative names) from ``local_root`` into ``remote_dir``, never outside it.
+
+        Raises:
+            FlashError: an unsafe name, ``remote_dir`` outside the target, a destination that
+                resolves outside ``remote_dir`` (a symlinked folder), or a write error.
+        """
+        dest = Path(remote_dir).resolve()
+        if not dest.is_relative_to(self.prefix):
+            raise FlashError(f"{self.description}: refusing to write to {dest}, outside the target")
+        for rel in _safe_names(files, self.description):
+            dst = dest / rel
+            # resolved before anything is created: a symlinked folder on the way cannot redirect the write
+            if not dst.parent.resolve().is_relative_to(dest):
+                raise FlashError(f"{self.description}: refusing to write {rel!r}: it resolves outside {dest}")
             try:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if dst.is_symlink():
+                    dst.unlink()  # replace a link, never write through it
                 shutil.copyfile(local_root / rel, dst)
             except OSError as e:
                 raise FlashError(f"{self.description}: writing {dst} failed: {e}") from e
@@ -102,9 +140,7 @@ class SshTarget(Target):
 
     def sh(self, script: str, *, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         try:
-            res = subprocess.run(
-                [*self.base, "sh -c " + shlex.quote(script)], capture_output=True, text=True, timeout=timeout
-            )
+            res = subprocess.run([*self.base, "sh -c " + _q(script)], capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as e:
             raise FlashError(f"{self.description}: timed out after {timeout:.0f} s") from e
         if res.returncode == 255:
@@ -114,10 +150,12 @@ class SshTarget(Target):
     def send(self, local_root: Path, files: list[str], remote_dir: str) -> None:
         if not files:
             return
-        tar = subprocess.Popen(["tar", "-C", str(local_root), "-cf", "-", *files], stdout=subprocess.PIPE)
+        # `--`: whatever a name looks like, tar reads it as a name, never as an option
+        names = _safe_names(files, self.description)
+        tar = subprocess.Popen(["tar", "-C", str(local_root), "-cf", "-", "--", *names], stdout=subprocess.PIPE)
         try:
             res = subprocess.run(
-                [*self.base, f"mkdir -p {shlex.quote(remote_dir)} && tar -C {shlex.quote(remote_dir)} -xf -"],
+                [*self.base, f"mkdir -p {_q(remote_dir)} && tar -C {_q(remote_dir)} -xf -"],
                 stdin=tar.stdout,
                 capture_output=True,
                 text=True,
@@ -148,10 +186,6 @@ class FlashResult:
     skipped_files: int
     service: ServiceResult | None = None  # with service=True: what was installed, what is left to do
     runtime: str | None = None  # with install_runtime: the venv now behind PREFIX/runtime/venv
-
-
-def _q(s: str) -> str:
-    return shlex.quote(s)
 
 
 def flash(
@@ -189,7 +223,7 @@ def flash(
     key = bfmt.load_public_key(public_key if public_key is not None else bundle / bfmt.PUBLIC_KEY)
     manifest = bfmt.verify_bundle(bundle, public_key=key)
     kid = bfmt.key_id(key)
-    files = [*sorted(manifest["files"]), bfmt.MANIFEST, bfmt.SIGNATURE]
+    files = [*sorted(manifest.files), bfmt.MANIFEST, bfmt.SIGNATURE]
     size = sum((bundle / f).stat().st_size for f in files)
     log(f"bundle {bundle}: verified ({len(files)} files, {size / 1e6:.1f} MB, key {kid[:16]}…), board {cfg.name}")
 
@@ -259,7 +293,7 @@ def flash(
     # resume: files already there with the right hash are not sent again
     have = t.sh(f"cd {_q(partial)} 2>/dev/null && sha256sum -- * catalog/* 2>/dev/null; true").stdout
     present = {line.split(None, 1)[1].strip(): line.split()[0] for line in have.splitlines() if "  " in line}
-    want = dict(manifest["files"])
+    want = dict(manifest.files)
     want[bfmt.MANIFEST] = bfmt.sha256_file(bundle / bfmt.MANIFEST)
     want[bfmt.SIGNATURE] = bfmt.sha256_file(bundle / bfmt.SIGNATURE)
     todo = [f for f in files if present.get(f) != want[f]]
@@ -297,7 +331,7 @@ def flash(
             "previous": current,
             "key_id": kid,
             "bundle": str(bundle),
-            "created_at": manifest.get("created_at"),
+            "created_at": manifest.created_at or None,
             "board": cfg.name,
             **({"runtime": rt.name} if rt is not None else {}),
         }
@@ -353,10 +387,10 @@ def status_local(prefix: str | Path) -> dict:
         try:
             m, _ = bfmt.read_manifest(prefix / slot)
             out[slot] = {
-                "created_at": m.get("created_at"),
-                "dataset": m.get("dataset"),
-                "catalog_version": m["catalog"]["version"],
-                "key_id": m.get("publisher_key_id"),
+                "created_at": m.created_at or None,
+                "dataset": m.dataset or None,
+                "catalog_version": m.catalog.version,
+                "key_id": m.publisher_key_id,
             }
         except bfmt.BundleError:
             out[slot] = None

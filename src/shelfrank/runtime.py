@@ -44,7 +44,6 @@ import json
 import os
 import platform
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -55,6 +54,7 @@ from typing import TYPE_CHECKING, Callable
 
 from shelfrank.device.bundle import sha256_file
 from shelfrank.flash import DirTarget, FlashError
+from shelfrank.flash import sh_quote as _q
 
 if TYPE_CHECKING:
     from shelfrank.flash import Target
@@ -303,10 +303,6 @@ def manylinux_platforms(machine: str, glibc: tuple[int, int]) -> list[str]:
 
 
 # --- install -----------------------------------------------------------------------------------
-
-
-def _q(s: str) -> str:
-    return shlex.quote(s)
 
 
 @dataclass

@@ -206,3 +206,21 @@ def publish_records(bundle: str | Path, out: str | Path, records: list[dict], ke
         np.array([r["in_stock"] for r in records], bool),
     )
     publish(bundle, out, cat, key=bfmt.load_private_key(key_path))
+
+
+def sign_manifest_as_is(root: str | Path, manifest: dict, key_path: str | Path) -> None:
+    """Sign ``manifest`` for the bundle at ``root`` exactly as given, with the private key at
+    ``key_path``: what a hostile publisher (or a self-signed bundle on a first flash) can produce.
+    Unlike ``bundle.sign_bundle`` it keeps the ``files`` table as it is, apart from the hash of the
+    ``publisher.pub`` it writes (when listed) and ``publisher_key_id``."""
+    from shelfrank.device import bundle as bfmt
+
+    root = Path(root)
+    key = bfmt.load_private_key(key_path)
+    (root / bfmt.PUBLIC_KEY).write_bytes(bfmt.public_pem(key.public_key()))
+    manifest = dict(manifest, publisher_key_id=bfmt.key_id(key.public_key()))
+    if isinstance(manifest.get("files"), dict) and bfmt.PUBLIC_KEY in manifest["files"]:
+        manifest["files"] = {**manifest["files"], bfmt.PUBLIC_KEY: bfmt.sha256_file(root / bfmt.PUBLIC_KEY)}
+    data = bfmt.canonical_json(manifest)
+    (root / bfmt.MANIFEST).write_bytes(data)
+    (root / bfmt.SIGNATURE).write_bytes(key.sign(data))

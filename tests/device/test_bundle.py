@@ -13,6 +13,7 @@ import pytest
 
 from shelfrank.device import bundle as bfmt
 from shelfrank.errors import BundleError, SignatureError
+from shelfrank.testing import sign_manifest_as_is
 
 FILES = ("encoder.onnx", "tokenizer.json", "user_tower.onnx", "catalog/emb.i8.npy")
 
@@ -43,16 +44,6 @@ def signed(tmp_path):
         (root / rel).write_bytes(os.urandom(1000))
     manifest = bfmt.sign_bundle(root, _entries(root), bfmt.load_private_key(key_path))
     return root, key_path, pub_path, manifest
-
-
-def _sign_as_is(root: Path, manifest: dict, key_path: Path) -> None:
-    """Sign ``manifest`` exactly as given (sign_bundle would recompute ``files``): what a hostile
-    publisher, or anyone holding a key the device trusts, can produce."""
-    key = bfmt.load_private_key(key_path)
-    (root / bfmt.PUBLIC_KEY).write_bytes(bfmt.public_pem(key.public_key()))
-    data = bfmt.canonical_json(manifest)
-    (root / bfmt.MANIFEST).write_bytes(data)
-    (root / bfmt.SIGNATURE).write_bytes(key.sign(data))
 
 
 def test_round_trip(signed):
@@ -151,7 +142,7 @@ def test_signed_files_table_takes_only_safe_names(signed, tmp_path, name):
     outside = tmp_path / "x"
     outside.write_bytes(b"planted")
     m = dict(manifest, files={**manifest["files"], name: bfmt.sha256_file(outside)})
-    _sign_as_is(root, m, key)
+    sign_manifest_as_is(root, m, key)
     with pytest.raises(BundleError, match="safe relative file name") as ei:
         bfmt.verify_bundle(root, public_key=pub)
     assert "'files' (a key)" in str(ei.value)
@@ -198,7 +189,7 @@ def test_sub_hashes_and_dimensions_must_agree(signed, section, field, value, nee
     root, key, pub, manifest = signed
     m = json.loads(json.dumps(manifest))
     m[section][field] = value
-    _sign_as_is(root, m, key)
+    sign_manifest_as_is(root, m, key)
     with pytest.raises(BundleError, match=needle):
         bfmt.verify_bundle(root, public_key=pub)
 
@@ -220,7 +211,7 @@ def test_wrong_types_are_named(signed, edit, needle):
     m = json.loads(json.dumps(manifest))
     m.setdefault("encoders", {})
     edit(m)
-    _sign_as_is(root, m, key)
+    sign_manifest_as_is(root, m, key)
     with pytest.raises(BundleError, match=needle):
         bfmt.verify_bundle(root, public_key=pub)
 
@@ -232,7 +223,7 @@ def test_unknown_fields_are_ignored_with_a_log_line(signed, caplog):
     m["ranker"] = {"file": "ranker.onnx", "deep": [[[{"x": 1}]]]}
     m["model"]["attention"] = "flash"
     m["catalog"]["files"]["neighbours"] = "catalog/emb.i8.npy"
-    _sign_as_is(root, m, key)
+    sign_manifest_as_is(root, m, key)
     with caplog.at_level(logging.INFO, logger="shelfrank.device.formats"):
         got = bfmt.verify_bundle(root, public_key=pub)
     assert got["ranker"]["file"] == "ranker.onnx" and got.catalog.files["neighbours"] == "catalog/emb.i8.npy"
@@ -243,7 +234,7 @@ def _resign(bundle: Path, tmp_path: Path, edit) -> Path:
     key, pub = bfmt.generate_keypair(tmp_path / "resign.key")
     m = json.loads((bundle / "manifest.json").read_text())
     edit(m)
-    _sign_as_is(bundle, m, key)
+    sign_manifest_as_is(bundle, m, key)
     return pub
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from shelfrank.device import bundle as bfmt
 from shelfrank.flash import FlashError, flash, rollback_local, status_local
-from shelfrank.testing import build_device_bundle
+from shelfrank.testing import build_device_bundle, sign_manifest_as_is
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +144,55 @@ def test_rollback_without_other_slot(signed, tmp_path):
     flash(signed[0], str(prefix), board="rpi5", log=lambda _m: None)
     with pytest.raises(FlashError, match="no other slot"):
         rollback_local(prefix)
+
+
+# ---- issue 13, finding 1: a flash never writes outside its target ---------------------------------
+
+
+def test_self_signed_bundle_naming_files_outside_the_slot_writes_nothing(signed, tmp_path):
+    """A bundle signed by its own key (trusted on a first flash) whose ``files`` table lists
+    ``../../x`` and ``../state/trusted.pub.EVIL``: refused before the target is touched."""
+    bundle, _, _ = signed
+    evil = tmp_path / "evil" / "bundle"
+    shutil.copytree(bundle, evil)
+    planted = {"../../x": tmp_path / "x", "../state/trusted.pub.EVIL": tmp_path / "evil" / "state" / "trusted.pub.EVIL"}
+    m = json.loads((evil / "manifest.json").read_text())
+    for rel, src in planted.items():
+        src.parent.mkdir(parents=True, exist_ok=True)
+        src.write_bytes(b"-----BEGIN PUBLIC KEY-----\nattacker\n")
+        m["files"][rel] = bfmt.sha256_file(src)
+    key, _ = bfmt.generate_keypair(tmp_path / "attacker.key")
+    sign_manifest_as_is(evil, m, key)
+    prefix = tmp_path / "t" / "board"
+    with pytest.raises(bfmt.BundleError, match="safe relative file name"):
+        flash(evil, str(prefix), board="rpi5", log=lambda _m: None)
+    assert not (tmp_path / "t" / "x").exists() and not (prefix / "state" / "trusted.pub.EVIL").exists()
+    assert not prefix.exists()
+
+
+@pytest.mark.parametrize("name", ["../x", "../../x", "/tmp/x", "a/../../x", "-x", "a\nb"])
+def test_dir_target_refuses_unsafe_names(signed, tmp_path, name):
+    from shelfrank.flash import DirTarget
+
+    bundle, _, _ = signed
+    t = DirTarget(str(tmp_path / "board"))
+    with pytest.raises(FlashError, match="not a safe relative file name"):
+        t.send(bundle, ["encoder.onnx", name], f"{t.prefix}/slot_a.partial")
+    assert not (tmp_path / "board" / "slot_a.partial").exists()  # checked before the first write
+
+
+def test_dir_target_never_writes_through_a_symlinked_folder(signed, tmp_path):
+    from shelfrank.flash import DirTarget
+
+    bundle, _, _ = signed
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    partial = tmp_path / "board" / "slot_a.partial"
+    partial.mkdir(parents=True)
+    (partial / "catalog").symlink_to(outside)  # planted on the target
+    t = DirTarget(str(tmp_path / "board"))
+    with pytest.raises(FlashError, match="resolves outside"):
+        t.send(bundle, ["catalog/emb.i8.npy"], str(partial))
+    with pytest.raises(FlashError, match="outside the target"):
+        t.send(bundle, ["encoder.onnx"], str(tmp_path / "elsewhere"))
+    assert list(outside.iterdir()) == [] and not (tmp_path / "elsewhere").exists()

@@ -15,7 +15,7 @@ import pytest
 
 from shelfrank.device import bundle as bfmt
 from shelfrank.flash import FlashError, flash, remote_call
-from shelfrank.testing import build_device_bundle
+from shelfrank.testing import build_device_bundle, sign_manifest_as_is
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +122,53 @@ def test_connection_dropped_mid_copy_then_resume(signed, sshd, tmp_path, monkeyp
     res = flash(big, url, board="rpi5", python=sys.executable, log=lambda _m: None)
     assert res.slot == "slot_b" and res.skipped_files > 0  # resumed: the finished files were not resent
     assert os.readlink(tmp_path / "board" / "current") == "slot_b"
+
+
+# ---- issue 13, finding 2: no option injection into the local tar ----------------------------------
+
+INJECTED = ["--checkpoint=1", "--checkpoint-action=exec=touch pwned"]
+
+
+def test_ssh_send_passes_names_as_names(signed, ssh_env, tmp_path, monkeypatch):
+    """Names that look like tar options are refused, and tar gets ``--`` before the names anyway:
+    on eb93b13 ``--checkpoint-action=exec=…`` ran a command on the flashing machine."""
+    from shelfrank.flash import SshTarget
+
+    bundle, _, _ = signed
+    local = tmp_path / "local"
+    shutil.copytree(bundle, local)
+    for name in INJECTED:
+        (local / name).write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    t = SshTarget(ssh_env.url(str(tmp_path / "board")))
+    err = _raised(lambda: t.send(local, [*INJECTED, "encoder.onnx"], f"{t.prefix}/slot_a.partial"))
+    assert not (local / "pwned").exists() and not (tmp_path / "pwned").exists()  # no command ran
+    assert isinstance(err, FlashError) and "not a safe relative file name" in str(err)
+    t.send(local, ["encoder.onnx", "catalog/emb.i8.npy"], f"{t.prefix}/slot_a.partial")  # names still work
+    assert (tmp_path / "board" / "slot_a.partial" / "catalog" / "emb.i8.npy").is_file()
+
+
+def test_bundle_with_option_like_names_is_refused_before_tar_runs(signed, ssh_env, tmp_path, monkeypatch):
+    bundle, _, _ = signed
+    evil = tmp_path / "evil"
+    shutil.copytree(bundle, evil)
+    for name in INJECTED:
+        (evil / name).write_bytes(b"x")
+    m = json.loads((evil / "manifest.json").read_text())
+    m["files"].update({name: bfmt.sha256_file(evil / name) for name in INJECTED})
+    key, _ = bfmt.generate_keypair(tmp_path / "attacker.key")
+    sign_manifest_as_is(evil, m, key)
+    monkeypatch.chdir(tmp_path)
+    url = ssh_env.url(str(tmp_path / "board"))
+    err = _raised(lambda: flash(evil, url, board="rpi5", python=sys.executable, log=lambda _m: None))
+    assert not (evil / "pwned").exists() and not (tmp_path / "pwned").exists()  # no command ran
+    assert isinstance(err, bfmt.BundleError) and "safe relative file name" in str(err)
+    assert not (tmp_path / "board").exists()  # refused before the target was touched
+
+
+def _raised(fn) -> BaseException | None:
+    try:
+        fn()
+    except Exception as e:
+        return e
+    return None
