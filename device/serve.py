@@ -38,7 +38,6 @@ import stat
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -290,13 +289,6 @@ def _items(items: list) -> list[fmt.Item]:
     return out
 
 
-def _manifest_get(m: Any, *keys: str, default: Any = None) -> Any:
-    """A manifest field by path, whether the manifest is a typed struct or (older) a dict."""
-    for key in keys:
-        m = m.get(key, default) if isinstance(m, Mapping) else getattr(m, key, default)
-    return m
-
-
 class Service:
     """Answers the HTTP API from one opened Recommender; thread-safe.
 
@@ -497,15 +489,15 @@ class Service:
             version=__version__,
             bundle=fmt.BundleStatus(
                 path=str(rec.bundle),
-                format_version=int(_manifest_get(m, "format_version")),
-                created_at=str(_manifest_get(m, "created_at", default="") or ""),
-                model_sha256=str(_manifest_get(m, "model", "sha256")),
-                publisher_key_id=str(_manifest_get(m, "publisher_key_id", default="") or ""),
+                format_version=m.format_version,
+                created_at=m.created_at,
+                model_sha256=m.model.sha256,
+                publisher_key_id=m.publisher_key_id,
             ),
             catalog=fmt.CatalogStatus(
                 version=cat.version,
                 items=len(cat),
-                bundle_version=int(_manifest_get(m, "catalog", "version")),
+                bundle_version=m.catalog.version,
                 source="bundle" if Path(cat.root) == Path(rec.bundle) / "catalog" else "synced",
             ),
             board=self.board,
