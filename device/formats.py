@@ -395,7 +395,7 @@ class DeltaRef(msgspec.Struct, frozen=True, kw_only=True):
 
     from_: Version = msgspec.field(name="from")
     to: Version
-    files: Annotated[list[FileRef], Meta(min_length=len(DELTA_FILES), max_length=64)]
+    files: Annotated[list[FileRef], Meta(max_length=64)]
 
     def __post_init__(self) -> None:
         if self.to <= self.from_:
@@ -468,7 +468,7 @@ class _IndexEnvelope(msgspec.Struct, kw_only=True):
     key_id: ShortText = ""
 
 
-def decode_index_envelope(data: bytes, *, where: str) -> tuple[dict[str, Any], bytes]:
+def decode_index_envelope(data: bytes | bytearray, *, where: str) -> tuple[dict[str, Any], bytes]:
     """(the raw signed object, the signature) of ``index.json`` bytes, before the signature is checked.
 
     Raises:

@@ -22,6 +22,7 @@ point leaves the old or the new catalog, never a mix. The previous version is ke
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -31,7 +32,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,8 +165,10 @@ class HttpSource:
     def __str__(self) -> str:
         return self.base
 
-    def _open(self, rel: str, start: int, deadline: _Deadline):
-        """(connection, response) of a 200/206 GET for ``rel``, after same-origin redirects."""
+    @contextlib.contextmanager
+    def _get(self, rel: str, start: int, deadline: _Deadline) -> Iterator[Any]:
+        """The response (200 or 206) to a GET for ``rel`` from byte ``start``, after same-origin
+        redirects; its connection is closed on leaving."""
         # imported here, not with the module: http.client loads ssl (~5 MB resident), which a device
         # that never syncs over HTTP should not carry
         import http.client
@@ -181,29 +184,32 @@ class HttpSource:
                 )
             cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
             timeout = max(0.001, min(self.limits.read_timeout_s, deadline.left()))
-            conn = cls(parts.hostname or "", parts.port, timeout=timeout)
+            conn, r = cls(parts.hostname or "", parts.port, timeout=timeout), None
             try:
-                conn.connect()
-                deadline.arm(conn.sock)
-                conn.request(
-                    "GET",
-                    (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
-                    headers={"Range": f"bytes={start}-"} if start else {},
-                )
-                r = conn.getresponse()
-            except (OSError, http.client.HTTPException) as e:
+                try:
+                    conn.connect()
+                    deadline.arm(conn.sock)
+                    conn.request(
+                        "GET",
+                        (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                        headers={"Range": f"bytes={start}-"} if start else {},
+                    )
+                    r = conn.getresponse()
+                except (OSError, http.client.HTTPException) as e:
+                    if deadline.passed():
+                        raise self._late(rel, deadline) from e
+                    raise SyncError(f"{url}: cannot connect: {e}") from e
+                if r.status in (301, 302, 303, 307, 308) and r.getheader("Location"):
+                    url = urljoin(url, r.getheader("Location", ""))
+                    continue
+                if r.status not in (200, 206):
+                    raise SyncError(f"{url}: HTTP {r.status} {r.reason}")
+                yield r
+                return
+            finally:
+                if r is not None:  # with `Connection: close` the response owns the socket
+                    r.close()
                 conn.close()
-                if deadline.passed():
-                    raise self._late(rel, deadline) from e
-                raise SyncError(f"{url}: cannot connect: {e}") from e
-            if r.status in (301, 302, 303, 307, 308) and r.getheader("Location"):
-                url = urljoin(url, r.getheader("Location", ""))
-                conn.close()
-                continue
-            if r.status not in (200, 206):
-                conn.close()
-                raise SyncError(f"{url}: HTTP {r.status} {r.reason}")
-            return conn, r
         raise SyncError(f"{self.base + rel}: more than {self.limits.max_redirects} redirects")
 
     def _late(self, rel: str, deadline: _Deadline) -> SyncError:
@@ -243,27 +249,23 @@ class HttpSource:
             raise self._late(rel, deadline)
         return got
 
-    def read(self, rel: str, *, limit: int, deadline_s: float) -> bytes:
+    def read(self, rel: str, *, limit: int, deadline_s: float) -> bytearray:
         deadline = _Deadline(deadline_s)
         buf = bytearray()
         too_big = f"larger than {limit} bytes; not a shelfrank catalog index"
         try:
-            conn, r = self._open(rel, 0, deadline)
-            try:
+            with self._get(rel, 0, deadline) as r:
                 self._body(rel, r, buf.extend, limit=limit, too_big=too_big, deadline=deadline)
-            finally:
-                conn.close()
         finally:
             deadline.cancel()
-        return bytes(buf)
+        return buf  # not bytes(buf): that would be a second copy of up to the cap
 
     def download(self, rel: str, dest: Path, *, size: int) -> None:
         """Append the rest of the file to ``dest`` (resuming with Range), at most ``size`` bytes in all."""
         have = dest.stat().st_size if dest.exists() else 0
         deadline = _Deadline(self.limits.file_deadline_s(size - have))
         try:
-            conn, r = self._open(rel, have, deadline)
-            try:
+            with self._get(rel, have, deadline) as r:
                 if have and r.status == 206:
                     first = (r.getheader("Content-Range") or "").removeprefix("bytes ").split("-")[0]
                     if first != str(have):
@@ -276,8 +278,6 @@ class HttpSource:
                         self._body(rel, r, f.write, limit=size - have, too_big=too_big, deadline=deadline)
                 except OSError as e:
                     raise SyncError(f"{dest}: cannot write: {e}") from e
-            finally:
-                conn.close()
         finally:
             deadline.cancel()
 
@@ -303,7 +303,7 @@ def source_for(url_or_dir: str | Path, *, limits: SyncLimits | None = None):
 # ---- index ------------------------------------------------------------------------------------
 
 
-def verify_index(data: bytes, public_key, where: str) -> IndexSigned:
+def verify_index(data: bytes | bytearray, public_key, where: str) -> IndexSigned:
     """The signed part of an index after checking its signature against ``public_key``.
 
     Raises:
@@ -405,7 +405,7 @@ def _fetch(src, entry: FileRef, downloads: Path) -> tuple[Path, int]:
         raise SyncError(f"{src}/{entry.path}: got {size} of {entry.size} bytes (truncated); the next sync resumes it")
     h = hashlib.sha256()
     with open(part, "rb") as f:
-        while block := f.read(1 << 20):
+        while block := f.read(_BLOCK):  # one block resident, whatever the file's size
             h.update(block)
     if h.hexdigest() != entry.sha256:
         part.unlink()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import http.server
 import json
+import os
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -231,3 +233,491 @@ def test_queries_keep_running_during_sync(rec, published):
         for t in threads:
             t.join()
     assert not errors, errors
+
+
+# ---- issue 13: signed but hostile content, bounded HTTP, typed errors ---------------------------
+
+
+def _republish(published, cdn: Path, edit_signed=None) -> None:
+    """Re-hash every file the index lists (after a test changed some) and re-sign, so that only
+    content checks can catch what the test did."""
+    idx = json.loads((cdn / "index.json").read_text())
+    signed = idx["signed"]
+    for entry in [f for d in signed["deltas"] for f in d["files"]] + signed["snapshot"]["files"]:
+        p = cdn / entry["path"]
+        entry["sha256"], entry["size"] = bfmt.sha256_file(p), p.stat().st_size
+    if edit_signed is not None:
+        edit_signed(signed)
+    (cdn / "index.json").write_bytes(_resign(signed, published["key"]))
+
+
+def _cdn(published, tmp_path) -> Path:
+    cdn = tmp_path / "cdn"
+    shutil.copytree(published["dir"], cdn)
+    return cdn
+
+
+def _edit_changes(cdn: Path, edit) -> None:
+    p = cdn / "deltas" / "1-2" / "changes.json"
+    changes = json.loads(p.read_text())
+    edit(changes)
+    p.write_text(json.dumps(changes))
+
+
+def _current_link(rec) -> str | None:
+    link = rec.state_dir / "catalog" / "current"
+    return os.readlink(link) if link.is_symlink() else None
+
+
+def _serves_after_reopen(published, rec) -> None:
+    """The state folder the failed sync left opens and serves (the device is not bricked)."""
+    r = Recommender.open(published["bundle"], public_key=published["pub"], state_dir=rec.state_dir)
+    try:
+        assert r.catalog.version == rec.catalog.version
+        r.record("shopper", r.catalog.item_ids[0], "view")
+        assert len(r.recommend("shopper", k=3)) == 3
+    finally:
+        r.close()
+
+
+def test_signed_delta_with_a_non_numeric_price_never_switches_current(rec, published, tmp_path):
+    """Finding 3: the candidate is decoded, built and loaded before anything points at it."""
+    rec.sync(published["frozen_v2"])  # a synced catalog (version 2) serving, and `current` pointing at it
+    assert rec.catalog.version == 2
+    cdn = _cdn(published, tmp_path)
+    p = cdn / "deltas" / "2-3" / "changes.json"
+    changes = json.loads(p.read_text())
+    changes["upsert"][0]["price"] = "twelve"
+    p.write_text(json.dumps(changes))
+    _republish(published, cdn)
+    before, link = rec.recommend("x", k=5), _current_link(rec)
+    with pytest.raises(SyncError, match=r"upsert\[0\]\.price.*float"):
+        rec.sync(cdn)
+    assert rec.catalog.version == 2 and _current_link(rec) == link == "2"
+    assert rec.recommend("x", k=5) == before
+    assert not list((rec.state_dir / "catalog").glob(".build-*"))
+    _serves_after_reopen(published, rec)
+
+
+def test_signed_snapshot_with_a_text_price_never_switches_current(rec, published, tmp_path):
+    """Finding 3, snapshot path: SQLite stores 'abc' in a REAL column; it used to fail only at load,
+    after `current` had switched."""
+    import sqlite3
+
+    cdn = _cdn(published, tmp_path)
+    with sqlite3.connect(cdn / "snapshots" / "3" / "items.sqlite") as con:
+        con.execute("UPDATE items SET price = 'abc' WHERE row = 0")
+    con.close()
+
+    def no_delta_from_1(signed):
+        signed["deltas"] = [d for d in signed["deltas"] if d["from"] != 1]
+
+    _republish(published, cdn, no_delta_from_1)
+    with pytest.raises(SyncError, match="price"):
+        rec.sync(cdn)
+    assert rec.catalog.version == 1 and _current_link(rec) is None
+    _serves_after_reopen(published, rec)
+
+
+def test_a_candidate_the_loader_refuses_is_never_current(rec, published, monkeypatch):
+    """Finding 3: whatever the device's Catalog trips on while opening the candidate (here forced),
+    `current` keeps pointing at the catalog that was serving, and the candidate is removed."""
+    from shelfrank.device import catalog as catalog_mod
+
+    real_init = catalog_mod.Catalog.__init__
+
+    def init(self, root, **kw):
+        if ".build-" in str(root):
+            raise TypeError("must be real number, not str")  # what a text price did in the loader
+        real_init(self, root, **kw)
+
+    monkeypatch.setattr(catalog_mod.Catalog, "__init__", init)
+    with pytest.raises(SyncError, match=r"does not load \(TypeError.*previous catalog keeps serving"):
+        rec.sync(published["dir"])
+    assert rec.catalog.version == 1 and _current_link(rec) is None
+    assert not [p for p in (rec.state_dir / "catalog").iterdir() if p.name != "current"]
+    monkeypatch.undo()
+    assert rec.sync(published["dir"]).to_version == 3
+
+
+def test_signed_delta_with_a_huge_scale_is_refused(rec, published, tmp_path):
+    """Finding 6: a 1e38 scale overflowed scores to NaN and every recommend with history answered 500."""
+    rec.record("u", rec.catalog.item_ids[5], "view")
+    cdn = _cdn(published, tmp_path)
+    p = cdn / "deltas" / "1-2" / "scales.f32.npy"
+    scales = np.load(p)
+    scales[0] = 1e38
+    np.save(p, scales)
+    _republish(published, cdn)
+    with pytest.raises(SyncError, match=r"scale 1e\+38 of item .* outside \[0, 0\.00788"):
+        rec.sync(cdn)
+    assert rec.catalog.version == 1
+    assert all(np.isfinite(it.score) for it in rec.recommend("u", k=5))
+
+
+def test_signed_delta_row_not_unit_norm_is_refused(rec, published, tmp_path):
+    """Finding 6: a scale within bounds but a row the encoder cannot produce (all 127s: norm √d)."""
+    cdn = _cdn(published, tmp_path)
+    d = cdn / "deltas" / "1-2"
+    rows, scales = np.load(d / "rows.i8.npy"), np.load(d / "scales.f32.npy")
+    rows[0], scales[0] = 127, 1 / 127
+    np.save(d / "rows.i8.npy", rows)
+    np.save(d / "scales.f32.npy", scales)
+    _republish(published, cdn)
+    with pytest.raises(SyncError, match=r"has norm 4 > 1\.0\d+ \(rows are unit-norm\)"):
+        rec.sync(cdn)
+    assert rec.catalog.version == 1
+
+
+def test_catalog_load_refuses_a_scale_the_encoder_cannot_make(published, tmp_path):
+    """Finding 6, load side: a catalog folder (bundle or synced state) with a 1e38 scale does not open."""
+    from shelfrank.device.catalog import Catalog
+    from shelfrank.errors import BundleError
+
+    folder = tmp_path / "cat"
+    shutil.copytree(published["bundle"] / "catalog", folder)
+    scales = np.load(folder / "scale.f32.npy")
+    dim = np.load(folder / "emb.i8.npy").shape[1]
+    Catalog(folder, version=1, dim=dim)  # as exported: within the bound
+    scales[2] = 1e38
+    np.save(folder / "scale.f32.npy", scales)
+    with pytest.raises(BundleError, match="scales outside"):
+        Catalog(folder, version=1, dim=dim)
+
+
+def test_synced_catalog_with_a_huge_scale_on_disk_falls_back(published, tmp_path):
+    """Finding 6: a synced folder damaged after install is skipped at open; the bundle's catalog serves."""
+    state = tmp_path / "state"
+    r = Recommender.open(published["bundle"], public_key=published["pub"], state_dir=state)
+    r.sync(published["dir"])
+    r.close()
+    p = state / "catalog" / "3" / "scale.f32.npy"
+    scales = np.load(p)
+    scales[0] = 1e38
+    np.save(p, scales)
+    r = Recommender.open(published["bundle"], public_key=published["pub"], state_dir=state)
+    try:
+        assert r.catalog.version == 1 and all(np.isfinite(it.score) for it in r.recommend("s", k=3))
+    finally:
+        r.close()
+
+
+def test_deeply_nested_index_is_a_sync_error(rec, published, tmp_path):
+    """Finding 7: RecursionError on deep JSON, before and after the signature check."""
+    cdn = _cdn(published, tmp_path)
+
+    def deep(signed):
+        v: object = 1
+        for _ in range(900):
+            v = {"x": v}
+        signed["mirror"] = v  # a signed, unknown field: the signature check re-serialises it
+
+    _republish(published, cdn, deep)
+    with pytest.raises(SyncError, match="nested deeper than 16 levels"):
+        rec.sync(cdn)
+    (cdn / "index.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(SyncError, match="nested too deeply"):
+        rec.sync(cdn)
+    assert rec.catalog.version == 1
+
+
+def test_naive_expires_is_a_sync_error(rec, published, tmp_path):
+    """Finding 7: a naive `expires` raised TypeError comparing it with an aware now."""
+    cdn = _cdn(published, tmp_path)
+    _republish(published, cdn, lambda s: s.update(expires="2999-01-01T00:00:00"))
+    with pytest.raises(SyncError, match=r"'expires'.*timezone"):
+        rec.sync(cdn)
+    from shelfrank.device.sync import sync
+    from shelfrank.errors import InputError
+
+    with pytest.raises(InputError, match="timezone-aware"):
+        sync(rec, published["dir"], now=dt.datetime(2026, 1, 1))
+
+
+def _delta_entry(signed, frm=1):
+    return next(d for d in signed["deltas"] if d["from"] == frm)
+
+
+# (what the test does to the signed delta 1-2, what the message must name); each raised an
+# untyped exception before (KeyError, TypeError, AttributeError, ValueError, sqlite3.IntegrityError),
+# or wrote outside the download folder (a sha256 of "../..")
+MALFORMED_DELTAS = {
+    "changes not an object": (lambda c: c.clear() or c.update({"0": 1}), None, "from"),
+    "upsert not a list": (lambda c: c.update(upsert=5), None, "upsert"),
+    "upsert item not an object": (lambda c: c["upsert"].__setitem__(0, "NEW-1"), None, r"upsert\[0\]"),
+    "upsert item without item_id": (lambda c: c["upsert"][0].pop("item_id"), None, "item_id"),
+    "upsert item_id a number": (lambda c: c["upsert"][0].update(item_id=7), None, r"upsert\[0\]\.item_id"),
+    "upsert title null": (lambda c: c["upsert"][0].update(title=None), None, r"upsert\[0\]\.title"),
+    "remove holds lists": (lambda c: c.update(remove=[["a"]]), None, r"remove\[0\]"),
+    "from says another version": (lambda c: c.update({"from": 0}), None, "says 0-2"),
+    "no changes.json in files": (None, lambda s: _delta_entry(s)["files"].pop(0), "no changes.json"),
+    "from not a number": (None, lambda s: _delta_entry(s).update({"from": "one"}), r"deltas\[0\]\.from"),
+    "no files": (None, lambda s: _delta_entry(s).pop("files"), "files"),
+    "size a string": (None, lambda s: _delta_entry(s)["files"][0].update(size="1k"), r"files\[0\]\.size"),
+    "sha256 a path": (None, lambda s: _delta_entry(s)["files"][0].update(sha256="../../x"), "sha256"),
+    "path escapes": (None, lambda s: _delta_entry(s)["files"][0].update(path="../../etc/passwd"), "path"),
+    "deltas an object": (None, lambda s: s.update(deltas={"1": 2}), "deltas"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_DELTAS))
+def test_malformed_signed_delta_is_a_sync_error(rec, published, tmp_path, case):
+    """Finding 7: malformed signed deltas are SyncErrors naming the field; nothing switches."""
+    edit_changes, edit_signed, names = MALFORMED_DELTAS[case]
+    cdn = _cdn(published, tmp_path)
+    if edit_changes is not None:
+        _edit_changes(cdn, edit_changes)
+    _republish(published, cdn, edit_signed)
+    with pytest.raises(SyncError, match=names):
+        rec.sync(cdn)
+    assert rec.catalog.version == 1 and _current_link(rec) is None
+    assert not (tmp_path / "x").exists() and not (rec.state_dir.parent / "x.part").exists()
+
+
+def test_delta_rows_of_the_wrong_shape_are_a_sync_error(rec, published, tmp_path):
+    """Finding 7: 1-D rows passed the old count check and failed later in a reshape (ValueError)."""
+    cdn = _cdn(published, tmp_path)
+    d = cdn / "deltas" / "1-2"
+    np.save(d / "rows.i8.npy", np.zeros(len(json.loads((d / "changes.json").read_text())["upsert"]), np.int8))
+    _republish(published, cdn)
+    with pytest.raises(SyncError, match=r"rows\.i8\.npy: unusable array: expected int8"):
+        rec.sync(cdn)
+
+
+@pytest.mark.parametrize("loop", [[(1, 2), (2, 1)], [(1, 1)]])
+def test_looping_delta_chain_ends_with_a_sync_error(rec, published, tmp_path, loop):
+    """Finding 7: a chain 1 → 2 → 1 (or 1 → 1) looped forever while its list grew."""
+    cdn = _cdn(published, tmp_path)
+
+    def looping(signed):
+        files = _delta_entry(signed)["files"]
+        signed["deltas"] = [{"from": a, "to": b, "files": files} for a, b in loop]
+
+    _republish(published, cdn, looping)
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            rec.sync(cdn)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "the sync did not end"
+    assert len(errors) == 1 and isinstance(errors[0], SyncError), errors
+    assert "'to' must be greater than 'from'" in str(errors[0])
+
+
+def test_unknown_index_and_delta_fields_are_ignored_with_a_log_line(rec, published, tmp_path, caplog):
+    """Forward compatibility: a newer publisher's extra fields are logged and ignored."""
+    cdn = _cdn(published, tmp_path)
+    _edit_changes(cdn, lambda c: [it.update(colour="red") for it in c["upsert"]])
+
+    def extra(signed):
+        signed["mirrors"] = ["https://b.example/"]
+        for d in signed["deltas"]:
+            d["compression"] = None
+
+    _republish(published, cdn, extra)
+    with caplog.at_level("INFO", logger="shelfrank.device.formats"):
+        assert rec.sync(cdn).to_version == 3
+    text = caplog.text
+    assert "ignoring field(s)" in text and "mirrors" in text and "deltas.*.compression" in text
+    assert "upsert.*.colour" in text
+
+
+# ---- bounded HTTP: a hostile server on 127.0.0.1 ------------------------------------------------
+
+
+class _Hostile(http.server.BaseHTTPRequestHandler):
+    """Serves the publish folder, except for the file names in ``modes`` (one behaviour each)."""
+
+    root: ClassVar[Path]
+    modes: ClassVar[dict] = {}
+    sent: ClassVar[dict] = {}
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        rel = self.path.split("?")[0].lstrip("/")
+        top, _, rest = rel.partition("/")
+        if top == "moved":  # same origin: follow
+            self.send_response(302)
+            self.send_header("Location", "/shop/" + rest)
+            self.end_headers()
+            return
+        name = rel.rsplit("/", 1)[-1]
+        mode = self.modes.get(name)
+        path = self.root / rel
+        data = path.read_bytes() if path.is_file() else b""
+        try:
+            if mode is None:
+                self._plain(data)
+            else:
+                getattr(self, "_" + mode[0])(data, *mode[1:])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up, as it should
+        self.close_connection = True
+
+    def _plain(self, data):
+        if not data:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _endless(self, data, cap):  # no Content-Length, bytes until the client stops (or `cap`)
+        self.send_response(200)
+        self.end_headers()
+        block, sent = b" " * 65536, 0
+        while sent < cap:
+            self.wfile.write(block)
+            sent += len(block)
+            self.sent[self.path] = sent
+
+    def _length(self, data, length):  # claims `length`, sends the real file
+        self.send_response(200)
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _drip(self, data, every, cap):  # the whole response, headers included, one byte at a time
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+        for i, b in enumerate((head + data)[:cap]):
+            self.wfile.write(bytes([b]))
+            self.wfile.flush()
+            self.sent[self.path] = i + 1
+            time.sleep(every)
+
+    def _redirect(self, data, location):
+        self.send_response(302)
+        self.send_header("Location", location.format(port=self.server.server_address[1], path=self.path))
+        self.end_headers()
+
+
+@pytest.fixture()
+def hostile(published):
+    _Hostile.root, _Hostile.modes, _Hostile.sent = published["dir"].parent, {}, {}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/shop/", _Hostile.modes
+    server.shutdown()
+    server.server_close()
+
+
+def _peak_during(fn):
+    """(exception raised, peak traced Python allocation in bytes) of ``fn()``."""
+    import http.client  # noqa: F401  (imports are not what is measured)
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    except BaseException as e:
+        err = e
+    else:
+        err = None
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return err, peak
+
+
+def test_http_endless_index_is_cut_at_the_cap(rec, hostile):
+    """Finding 4: an endless index.json grew the process to 690 MB; now it stops at 4 MiB."""
+    from shelfrank.device.formats import INDEX_MAX_BYTES
+
+    url, modes = hostile
+    modes["index.json"] = ("endless", 64 << 20)
+    err, peak = _peak_during(lambda: rec.sync(url))
+    assert isinstance(err, SyncError) and "larger than 4194304 bytes" in str(err), err
+    print(f"peak traced allocation during the sync: {peak / 1024:.0f} KiB (cap {INDEX_MAX_BYTES} B)")
+    assert peak < INDEX_MAX_BYTES + (512 << 10), peak
+    assert rec.catalog.version == 1
+
+
+def test_http_huge_content_length_is_refused_before_reading(rec, hostile, published):
+    """Finding 4: a 10¹² Content-Length raised MemoryError; the signed size refuses it up front."""
+    url, modes = hostile
+    modes["rows.i8.npy"] = ("length", 10**12)
+    with pytest.raises(SyncError, match=r"Content-Length 1000000000000: more than its signed size .* before reading"):
+        rec.sync(url)
+    assert all(p.stat().st_size == 0 for p in (rec.state_dir / "downloads").glob("*.part"))
+    modes.clear()
+    assert rec.sync(url).to_version == 3
+
+
+def test_http_oversize_body_stops_at_the_signed_size(rec, hostile, published):
+    """Finding 4: a 300 MB .part for an 896-byte file; now reading stops one block past the signed size."""
+    url, modes = hostile
+    signed = json.loads((published["dir"] / "index.json").read_text())["signed"]
+    entry = next(f for f in _delta_entry(signed)["files"] if f["path"].endswith("rows.i8.npy"))
+    modes["rows.i8.npy"] = ("endless", 256 << 20)
+    err, peak = _peak_during(lambda: rec.sync(url))
+    assert isinstance(err, SyncError) and f"more than its signed size of {entry['size']} bytes" in str(err), err
+    parts = list((rec.state_dir / "downloads").glob("*.part"))
+    assert all(p.stat().st_size <= entry["size"] for p in parts)
+    print(f"peak traced allocation during the sync: {peak / 1024:.0f} KiB (signed size {entry['size']} B)")
+    assert peak < entry["size"] + (512 << 10), peak
+    sent = max(_Hostile.sent.values())
+    assert sent < 64 << 20, sent  # the server was cut off, not read to the end
+    assert rec.catalog.version == 1
+
+
+def test_http_slow_drip_index_ends_at_its_deadline(rec, hostile):
+    """Finding 4: the 30 s timeout was per read, so a drip never ended; the deadline is total
+    (headers included)."""
+    from shelfrank.device.sync import SyncLimits, sync
+
+    url, modes = hostile
+    modes["index.json"] = ("drip", 0.02, 400)
+    t0 = time.monotonic()
+    with pytest.raises(SyncError, match="within its 1 s deadline"):
+        sync(rec, url, limits=SyncLimits(index_deadline_s=1.0, read_timeout_s=5.0))
+    assert time.monotonic() - t0 < 3.0
+
+
+def test_http_slow_drip_file_ends_at_its_deadline_then_resumes(rec, hostile):
+    """Finding 4: a file's deadline comes from its signed size and a minimum rate."""
+    from shelfrank.device.sync import SyncLimits, sync
+
+    url, modes = hostile
+    modes["rows.i8.npy"] = ("drip", 0.01, 10_000)
+    limits = SyncLimits(file_min_deadline_s=0.5, file_min_rate=1e6, read_timeout_s=5.0)
+    t0 = time.monotonic()
+    with pytest.raises(SyncError, match=r"rows\.i8\.npy: not downloaded within its 1 s deadline"):
+        sync(rec, url, limits=limits)
+    assert time.monotonic() - t0 < 3.0
+    assert rec.catalog.version == 1
+    modes.clear()
+    assert sync(rec, url, limits=limits).to_version == 3
+
+
+def test_http_redirects_only_to_the_same_origin(rec, hostile):
+    """Finding 4: a redirect to another origin (host, port or scheme) is refused; same origin is followed."""
+    url, modes = hostile
+    modes["index.json"] = ("redirect", "http://localhost:{port}{path}")  # same port, another host
+    with pytest.raises(SyncError, match="another origin"):
+        rec.sync(url)
+    modes["index.json"] = ("redirect", "https://127.0.0.1:{port}{path}")
+    with pytest.raises(SyncError, match="another origin"):
+        rec.sync(url)
+    modes.clear()
+    assert rec.sync(url.replace("/shop/", "/moved/")).to_version == 3
+
+
+def test_dir_source_file_larger_than_signed_size(rec, published, tmp_path):
+    """Finding 4, folder sources: a file longer than its signed size is not copied whole."""
+    cdn = _cdn(published, tmp_path)
+    rows = cdn / "deltas" / "1-2" / "rows.i8.npy"
+    with open(rows, "ab") as f:
+        f.write(b"\0" * (8 << 20))
+    with pytest.raises(SyncError, match="larger than its signed size"):
+        rec.sync(cdn)
+    assert not list((rec.state_dir / "downloads").glob("*.part"))
