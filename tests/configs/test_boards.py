@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shelfrank.device.boards import ISAS, SCHEMA, BoardConfigError, load_board, packaged_boards
+from shelfrank.device.boards import BOARD_KEYS, ISAS, BoardConfigError, board_schema, load_board, packaged_boards
 from shelfrank.errors import UnknownBoardError
 
 BOARDS = ["jetson-agx-orin", "jetson-orin-nano", "rk3588", "rpi4", "rpi5", "x86-64-dev"]
@@ -77,21 +77,30 @@ def test_service_keys_by_path(tmp_path):
     "edit,needle",
     [
         (VALID + '\ncolour = "red"', "unknown key 'colour'"),
-        (VALID.replace("threads = 2", 'threads = "2"'), "key 'threads' must be int"),
-        (VALID.replace("threads = 2", "threads = true"), "key 'threads' must be int"),
-        (VALID.replace("threads = 2", "threads = 0"), "key 'threads' has an invalid value"),
-        (VALID.replace('expected_isa = "neon"', 'expected_isa = "sse9"'), "key 'expected_isa' must be one of"),
+        (VALID.replace("threads = 2", 'threads = "2"'), "key 'threads': Expected `int`, got `str`"),
+        (VALID.replace("threads = 2", "threads = true"), "key 'threads': Expected `int`, got `bool`"),
+        (VALID.replace("threads = 2", "threads = 0"), "key 'threads': Expected `int` >= 1"),
+        (
+            VALID.replace('expected_isa = "neon"', 'expected_isa = "sse9"'),
+            "key 'expected_isa': Invalid enum value 'sse9'",
+        ),
         (VALID.replace('python = "python3"', ""), "missing key 'python'"),
         (VALID.replace('install_prefix = "/opt/x"', 'install_prefix = "opt"'), "key 'install_prefix'"),
         (VALID + "\n[provider_options.CUDAExecutionProvider]\ndevice_id = 0", "provider_options for"),
-        (VALID + "\nserve_port = 0", "key 'serve_port' has an invalid value"),
-        (VALID + "\nserve_port = 70000", "key 'serve_port' has an invalid value"),
-        (VALID + '\nserve_port = "8377"', "key 'serve_port' must be int"),
-        (VALID + '\nsync_url = "ftp://cdn.example/"', "key 'sync_url' has an invalid value"),
-        (VALID + '\nsync_url = "shop/catalog"', "key 'sync_url' has an invalid value"),
-        (VALID + '\nsync_schedule = ""', "key 'sync_schedule' has an invalid value"),
-        (VALID + '\nsync_schedule = "hourly\\n[Service]"', "key 'sync_schedule' has an invalid value"),
-        (VALID + "\nsync_random_delay_s = -1", "key 'sync_random_delay_s' has an invalid value"),
+        (VALID + "\nserve_port = 0", "key 'serve_port': Expected `int` >= 1"),
+        (VALID + "\nserve_port = 70000", "key 'serve_port': Expected `int` <= 65535"),
+        (VALID + '\nserve_port = "8377"', "key 'serve_port': Expected `int`, got `str`"),
+        (VALID + '\nsync_url = "ftp://cdn.example/"', "key 'sync_url' must be an http"),
+        (VALID + '\nsync_url = "shop/catalog"', "key 'sync_url' must be an http"),
+        (VALID + '\nsync_schedule = ""', "key 'sync_schedule': Expected `str` that is not blank"),
+        (VALID + '\nsync_schedule = "hourly\\n[Service]"', "key 'sync_schedule': .* no control characters"),
+        (VALID + "\nsync_random_delay_s = -1", "key 'sync_random_delay_s': Expected `int` >= 0"),
+        (VALID + '\nsource = "x.toml"', "unknown key 'source'"),
+        (
+            VALID + "\n[provider_options]\nCPUExecutionProvider = 1",
+            r"key 'provider_options\[\.\.\.\]': Expected `object`",
+        ),
+        (VALID.replace('python = "python3"', "python = 1979-05-27"), "key 'python': Expected `str`, got `date`"),
         ("name = ", "not valid TOML"),
     ],
 )
@@ -108,4 +117,5 @@ def test_unknown_board_lists_the_known():
 
 
 def test_schema_documents_every_key():
-    assert all(len(spec) == 4 and spec[3] for spec in SCHEMA.values())
+    props = board_schema()["$defs"]["BoardConfig"]["properties"]
+    assert set(props) == set(BOARD_KEYS) and all(props[k].get("description") for k in BOARD_KEYS)
