@@ -371,12 +371,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    """An error as one line: a message may carry a remote command's output over several."""
+    return " | ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. Every ``ShelfrankError`` (and an ``OSError``: a path, a permission, a
+    full disk) is one ``error: …`` line on stderr and exit status 2, never a traceback; anything
+    else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ShelfrankError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ShelfrankError, OSError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
