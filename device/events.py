@@ -2,12 +2,18 @@
 
 The database lives in the state folder so it outlives re-flashing. ``forget`` deletes a
 shopper's rows with ``secure_delete`` on (freed pages are zeroed) and truncates the WAL, so no
-copy of their events stays in the files.
+copy of their events stays in the files; when another connection's read keeps the WAL alive it
+says so (:class:`~shelfrank.errors.EventStoreBusyError`) and the store truncates it at its next
+write or on close. Shopper history is private whatever the umask: the state folder is created
+0700 and ``events.sqlite`` (whose mode SQLite copies to ``-wal`` and ``-shm``) 0600.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -15,7 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shelfrank.device.text import ACTION_IDS, ACTIONS
-from shelfrank.errors import InputError
+from shelfrank.errors import EventStoreBusyError, InputError
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR_MODE = 0o700
+EVENTS_FILE_MODE = 0o600  # SQLite gives -wal and -shm the database file's mode
+SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 @dataclass(frozen=True)
@@ -34,12 +46,16 @@ class EventStore:
     folder's events (the library or ``shelfrank serve``).
     """
 
-    def __init__(self, path: str | Path, *, max_history: int = 200, cache_users: int = 1024) -> None:
+    def __init__(
+        self, path: str | Path, *, max_history: int = 200, cache_users: int = 1024, checkpoint_timeout: float = 2.0
+    ) -> None:
         if max_history < 1:
             raise InputError("max_history must be >= 1")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private_files(self.path)
         self.max_history = int(max_history)
+        self.checkpoint_timeout = float(checkpoint_timeout)
+        self._wal_pending = False  # a forget could not truncate the WAL yet: retried at the next write
         self._lock = threading.Lock()
         self._con = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._con.execute("PRAGMA journal_mode=WAL")
@@ -78,6 +94,8 @@ class EventStore:
             except BaseException:
                 self._con.execute("ROLLBACK")
                 raise
+            if self._wal_pending:
+                self._truncate_wal(0.0)
             self._generation[user_id] = self._generation.get(user_id, 0) + 1
             cached = self._recent.get(user_id)
             if cached is not None:  # a new list: callers may hold the old one
@@ -107,18 +125,67 @@ class EventStore:
             return self._generation.get(user_id, 0)
 
     def forget(self, user_id: str) -> int:
-        """Delete every event of ``user_id`` and leave no copy in the database or WAL files."""
+        """Delete every event of ``user_id`` and leave no copy in the database or WAL files.
+
+        Raises:
+            EventStoreBusyError: the rows are deleted (history and recommendations no longer see
+                them), but another connection's read transaction kept old copies in the WAL for
+                ``checkpoint_timeout`` seconds; the store truncates it at its next write or on
+                close, and calling ``forget`` again retries now.
+        """
         _check_user(user_id)
         with self._lock:
             n = self._con.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
-            self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._generation[user_id] = self._generation.get(user_id, 0) + 1
             self._recent.pop(user_id, None)
+            if not self._truncate_wal(self.checkpoint_timeout):
+                raise EventStoreBusyError(
+                    f"{self.path}-wal: the shopper's events are deleted, but another connection to {self.path} "
+                    f"is reading an older snapshot, so their old copies stay in the WAL until it ends; close "
+                    "that reader (a sqlite3 shell, a backup) and call forget again (the store also retries at "
+                    "its next write and on close)"
+                )
         return n
+
+    def _truncate_wal(self, timeout: float) -> bool:
+        """Checkpoint and truncate the WAL, waiting up to ``timeout`` s for readers; True when done."""
+        self._con.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        try:
+            busy, _, _ = self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            self._con.execute("PRAGMA busy_timeout = 5000")  # sqlite3.connect's default, for writes
+        self._wal_pending = busy != 0
+        return busy == 0
 
     def close(self) -> None:
         with self._lock:
+            if self._wal_pending and not self._truncate_wal(self.checkpoint_timeout):
+                logger.warning("%s-wal: could not truncate after a forget (a reader is still open)", self.path)
             self._con.close()
+
+
+def _private_files(db: Path) -> None:
+    """The state folder 0700 and the database 0600 (and its side files), whatever the umask."""
+    folder = db.parent
+    if not folder.is_dir():
+        folder.mkdir(parents=True, mode=STATE_DIR_MODE, exist_ok=True)
+        os.chmod(folder, STATE_DIR_MODE)  # mkdir's mode is masked by the umask
+    elif stat.S_IMODE(folder.stat().st_mode) & 0o077:
+        try:  # created by someone else (flash, an older runtime): it holds shopper history
+            os.chmod(folder, STATE_DIR_MODE)
+        except PermissionError:
+            logger.warning("%s: cannot make the state folder private (mode 0700): not its owner", folder)
+    try:  # create it here, not in SQLite (0644 less the umask); never open it: see below
+        os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, EVENTS_FILE_MODE))
+    except FileExistsError:
+        pass
+    # chmod by path only: opening and closing the file would drop this process's SQLite locks on it
+    for path in (db, *(Path(f"{db}{side}") for side in SIDE_FILES)):
+        try:
+            if stat.S_IMODE(path.stat().st_mode) != EVENTS_FILE_MODE:
+                os.chmod(path, EVENTS_FILE_MODE)
+        except FileNotFoundError:
+            pass
 
 
 def _check_user(user_id: str) -> None:

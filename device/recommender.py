@@ -210,9 +210,11 @@ class Recommender:
         return list(self.events.history(user_id))  # a copy: the store's list is its cache
 
     def forget(self, user_id: str) -> None:
-        self.events.forget(user_id)
-        with self._lock:
-            self._cache.pop(user_id, None)
+        try:
+            self.events.forget(user_id)  # EventStoreBusyError: deleted, the WAL truncated later
+        finally:
+            with self._lock:
+                self._cache.pop(user_id, None)
 
     # ---- queries -----------------------------------------------------------------------------
 
