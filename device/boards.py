@@ -30,6 +30,7 @@ __all__ = [
     "board_schema",
     "load_board",
     "packaged_boards",
+    "parse_board",
     "validate",
 ]
 
@@ -77,16 +78,27 @@ def load_board(name_or_path: str | Path) -> BoardConfig:
         path = Path(s)
         try:
             text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise BoardConfigError(f"{path}: cannot read board config: {e}") from e
+        except (OSError, UnicodeDecodeError) as e:
+            raise BoardConfigError(f"{path}: cannot read board config (a UTF-8 TOML file): {e}") from e
         where = str(path)
     else:
         res = resources.files("shelfrank") / "firmware_configs" / f"{s}.toml"
         if not res.is_file():
             raise UnknownBoardError(f"unknown board {s!r}; known: {', '.join(packaged_boards()) or 'none'}")
         text, where = res.read_text(encoding="utf-8"), f"firmware_configs/{s}.toml"
+    return parse_board(text, where)
+
+
+def parse_board(text: str, where: str) -> BoardConfig:
+    """A board config from TOML text (``where`` names it in errors).
+
+    Raises:
+        BoardConfigError: not valid TOML (nested too deeply too), or it breaks the schema.
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise BoardConfigError(f"{where}: not valid TOML: {e}") from e
+    except RecursionError as e:  # tomllib parses nested arrays and inline tables recursively
+        raise BoardConfigError(f"{where}: not valid TOML: nested too deeply") from e
     return validate(data, where)
