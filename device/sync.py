@@ -435,7 +435,7 @@ def _load_npy(path: Path, dtype: type, shape: tuple[int, ...], where: str) -> np
             arr = np.fromfile(f, dtype, count)
             if arr.size != count or f.read(1):
                 raise ValueError(f"the data is not {count} values of {np.dtype(dtype)}")
-    except (OSError, ValueError, TypeError, SyntaxError) as e:  # SyntaxError: a mangled header dict
+    except Exception as e:  # numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError …
         raise SyncError(f"{where}: unusable array: {e}; republish the catalog") from e
     return arr.reshape(shape)
 
@@ -516,30 +516,43 @@ def _delta_chain(index: IndexSigned, current: int) -> list[DeltaRef]:
     return chain if v == index.version else []
 
 
+def read_delta(
+    paths: dict[str, Path], *, span: tuple[int, int], dim: int, where: str
+) -> tuple[DeltaChanges, np.ndarray, np.ndarray]:
+    """A downloaded delta (``paths``: its DELTA_FILES) decoded and checked: what ``apply_delta`` takes.
+
+    Raises:
+        SyncError: changes.json breaks the format or is for another ``span`` (from, to); the arrays
+            are not one int8 row of ``dim`` and one float32 scale per upsert; a scale or row the
+            encoder cannot produce.
+    """
+    try:
+        raw = paths["changes.json"].read_bytes()
+    except OSError as e:
+        raise SyncError(f"{where}: unreadable changes.json: {e}") from e
+    changes = formats.decode_delta_changes(raw, where=f"{where}/changes.json")
+    if (changes.from_, changes.to) != span:
+        raise SyncError(
+            f"{where}/changes.json: says {changes.from_}-{changes.to}, the index {span[0]}-{span[1]}; "
+            "republish the catalog"
+        )
+    n = len(changes.upsert)
+    rows = _load_npy(paths["rows.i8.npy"], np.int8, (n, dim), f"{where}/rows.i8.npy")
+    scales = _load_npy(paths["scales.f32.npy"], np.float32, (n,), f"{where}/scales.f32.npy")
+    _check_rows(rows, scales, [it.item_id for it in changes.upsert], where)
+    return changes, rows, scales
+
+
 def _apply_chain(rec, src, chain: list[DeltaRef], downloads: Path) -> tuple[CatalogData, int]:
     data, total = read_catalog_dir(rec.catalog.root), 0
     for d in chain:
-        where = f"{src}/delta {d.from_}-{d.to}"
         files = d.by_name()
         paths = {}
         for name in formats.DELTA_FILES:
             paths[name], got = _fetch(src, files[name], downloads)
             total += got
-        try:
-            raw = paths["changes.json"].read_bytes()
-        except OSError as e:
-            raise SyncError(f"{where}: unreadable changes.json: {e}") from e
-        changes = formats.decode_delta_changes(raw, where=f"{where}/changes.json")
-        if (changes.from_, changes.to) != (d.from_, d.to):
-            raise SyncError(
-                f"{where}/changes.json: says {changes.from_}-{changes.to}, the index {d.from_}-{d.to}; "
-                "republish the catalog"
-            )
-        n = len(changes.upsert)
-        rows = _load_npy(paths["rows.i8.npy"], np.int8, (n, rec.dim), f"{where}/rows.i8.npy")
-        scales = _load_npy(paths["scales.f32.npy"], np.float32, (n,), f"{where}/scales.f32.npy")
-        _check_rows(rows, scales, [it.item_id for it in changes.upsert], where)
-        data = apply_delta(data, changes, rows, scales)
+        delta = read_delta(paths, span=(d.from_, d.to), dim=rec.dim, where=f"{src}/delta {d.from_}-{d.to}")
+        data = apply_delta(data, *delta)
     return data, total
 
 
