@@ -325,7 +325,8 @@ def test_result_records_come_from_the_item_table(tmp_path):
         for i in range(50)
     ]
     rows = rng.integers(-127, 128, (50, 8)).astype(np.int8)
-    write_catalog_dir(tmp_path / "c", CatalogData(items, rows, np.ones(50, np.float32)), fsync=False)
+    scales = np.full(50, 1 / 127, np.float32)  # what quantize_rows gives a unit-norm row at most
+    write_catalog_dir(tmp_path / "c", CatalogData(items, rows, scales), fsync=False)
     cat = Catalog(tmp_path / "c", version=1, dim=8)
     con = sqlite3.connect(tmp_path / "c" / "items.sqlite")
     table = con.execute("SELECT row, item_id, title, category, brand, price, in_stock FROM items ORDER BY row")
