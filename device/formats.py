@@ -776,6 +776,8 @@ _LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _MESSAGE_HELP = {
     r"Expected `str` matching regex '\\S'": "Expected a string with a non-space character",
     "Expected `float` that's a multiple of 1.0": "Expected an integer",
+    "Expected `float` >= 1.0": "Expected an integer >= 1",  # k: the only float with bounds
+    f"Expected `float` <= {float(MAX_K)}": f"Expected an integer <= {MAX_K}",
     "Number out of range": "Expected a finite number (this one is out of range)",
 }
 
@@ -829,6 +831,8 @@ def _contract_error(text: str, type_: type[_Body]) -> RequestBodyError:
             return RequestBodyError(f"{name} is required", field=name)
     for raw, words in _MESSAGE_HELP.items():
         msg = msg.replace(raw, words)
+    if path == "k":  # an ItemCount: a float only so that 3.0 counts as an integer (JSON Schema's reading)
+        msg = msg.replace("`float`", "an integer")
     return RequestBodyError(f"{path or 'request body'}: {msg}", field=path or None)
 
 
