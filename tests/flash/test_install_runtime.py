@@ -373,7 +373,7 @@ def test_requirements_and_platforms(shelfrank_wheel):
         return [re.split(r"[<>=!~;\s]", r, maxsplit=1)[0].lower() for r in reqs]
 
     reqs = runtime.requirements(shelfrank_wheel)
-    assert {"numpy", "onnxruntime", "tokenizers", "cryptography", "tomli"} <= set(names(reqs))
+    assert {"numpy", "onnxruntime", "tokenizers", "cryptography", "msgspec", "tomli"} <= set(names(reqs))
     assert not {"torch", "pytest"} & set(names(reqs)), "no extras"
     assert any(r.startswith("tomli") and 'python_version < "3.11"' in r for r in reqs)
     assert "onnxruntime" not in names(runtime.requirements(shelfrank_wheel, ("onnxruntime",)))
