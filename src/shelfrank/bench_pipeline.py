@@ -276,8 +276,8 @@ def _one_size(
 
         enc32 = TextEncoder(
             fp32_onnx,
-            rec.bundle / rec.manifest["tokenizer"]["file"],
-            max_len=int(rec.manifest["model"]["max_len"]),
+            rec.bundle / rec.manifest.tokenizer.file,
+            max_len=rec.manifest.model.max_len,
             threads=1,
         )
         base_stages["encode (fp32 ONNX student, baselines)"] = time_calls(lambda: enc32.run(feeds), runs)
