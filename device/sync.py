@@ -214,7 +214,7 @@ class HttpSource:
 
     def _late(self, rel: str, deadline: _Deadline) -> SyncError:
         return SyncError(
-            f"{self.base + rel}: not downloaded within its {deadline.seconds:.0f} s deadline (too slow a link or "
+            f"{self.base + rel}: not downloaded within its {deadline.seconds:.3g} s deadline (too slow a link or "
             "server; SyncLimits sets the deadlines); the next sync resumes it"
         )
 
@@ -457,15 +457,17 @@ def _check_rows(rows: np.ndarray, scales: np.ndarray, ids: list[str], where: str
             f"{where}: scale {float(scales[bad]):g} of item {ids[bad]!r} is outside [0, {formats.ROW_SCALE_MAX:.6g}] "
             "(rows are unit-norm, so max|x|/127 <= 1/127); not made by the encoder, republish the catalog"
         )
-    if rows.shape[0]:
-        norms = np.linalg.norm(rows.astype(np.float32), axis=1) * scales.astype(np.float64)
-        bound = 1.0 + 1e-3 + np.sqrt(rows.shape[1]) * scales.astype(np.float64) / 2
+    step = 4096  # rows at a time: a float copy of a whole snapshot would be 4x its rows
+    for start in range(0, rows.shape[0], step):
+        r, s = rows[start : start + step], scales[start : start + step].astype(np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", r, r, dtype=np.int64)) * s
+        bound = 1.0 + 1e-3 + np.sqrt(rows.shape[1]) * s / 2
         over = norms > bound
         if over.any():
             bad = int(np.flatnonzero(over)[0])
             raise SyncError(
-                f"{where}: row of item {ids[bad]!r} has norm {norms[bad]:.4g} > {bound[bad]:.4g} (rows are unit-norm); "
-                "not made by the encoder, republish the catalog"
+                f"{where}: row of item {ids[start + bad]!r} has norm {norms[bad]:.4g} > {bound[bad]:.4g} "
+                "(rows are unit-norm); not made by the encoder, republish the catalog"
             )
 
 
