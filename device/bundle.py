@@ -202,6 +202,7 @@ def verify_bundle(root: str | Path, *, public_key=None, check_files: bool = True
     except InvalidSignature as e:
         raise SignatureError(f"{root / SIGNATURE}: the manifest signature does not verify") from e
     if check_files:
+        _check_catalog_listed(manifest, root / MANIFEST)
         real_root = root.resolve()
         for rel, digest in manifest.files.items():
             p = root / rel
@@ -212,3 +213,16 @@ def verify_bundle(root: str | Path, *, public_key=None, check_files: bool = True
             if sha256_file(p) != digest:
                 raise BundleError(f"{p}: sha256 differs from the manifest (corrupt or tampered)")
     return manifest
+
+
+def _check_catalog_listed(manifest: Manifest, where: Path) -> None:
+    """The catalog files the runtime opens (fixed names under ``catalog/``) are in the signed table."""
+    from shelfrank.device.catalog_files import FILES
+
+    for role, name in FILES.items():
+        rel = f"catalog/{name}"
+        if manifest.catalog.files.get(role) != rel or rel not in manifest.files:
+            raise BundleError(
+                f"{where}: catalog.files.{role} must be {rel!r} and listed in the signed 'files' table "
+                "(the runtime reads that file); re-export the bundle"
+            )

@@ -15,7 +15,15 @@ from shelfrank.device import bundle as bfmt
 from shelfrank.errors import BundleError, SignatureError
 from shelfrank.testing import sign_manifest_as_is
 
-FILES = ("encoder.onnx", "tokenizer.json", "user_tower.onnx", "catalog/emb.i8.npy")
+FILES = (
+    "encoder.onnx",
+    "tokenizer.json",
+    "user_tower.onnx",
+    "catalog/emb.i8.npy",
+    "catalog/scale.f32.npy",
+    "catalog/items.sqlite",
+)
+CATALOG = {"rows": "catalog/emb.i8.npy", "scales": "catalog/scale.f32.npy", "items": "catalog/items.sqlite"}
 
 
 def _entries(root: Path) -> dict:
@@ -28,8 +36,8 @@ def _entries(root: Path) -> dict:
             "version": 1,
             "count": 3,
             "dim": 8,
-            "files": {"rows": "catalog/emb.i8.npy"},
-            "sha256": {"rows": h["catalog/emb.i8.npy"]},
+            "files": CATALOG,
+            "sha256": {role: h[rel] for role, rel in CATALOG.items()},
         },
         "user_tower": {"kind": "sequence", "file": "user_tower.onnx", "sha256": h["user_tower.onnx"], "max_events": 4},
     }
@@ -259,3 +267,16 @@ def test_a_bad_signed_bundle_is_refused_at_open_not_at_the_first_query(bundle_an
     pub = _resign(bundle, tmp_path, edit)
     with pytest.raises(BundleError, match=needle):
         Recommender.open(bundle, public_key=pub, state_dir=tmp_path / "state")
+
+
+@pytest.mark.parametrize("edit", ["drop_role", "drop_file"])
+def test_the_catalog_files_the_runtime_reads_are_signed(signed, edit):
+    root, key, pub, manifest = signed
+    m = json.loads(json.dumps(manifest))
+    if edit == "drop_role":
+        del m["catalog"]["files"]["scales"], m["catalog"]["sha256"]["scales"]
+    else:
+        del m["files"]["catalog/items.sqlite"], m["catalog"]["sha256"]["items"]
+    sign_manifest_as_is(root, m, key)
+    with pytest.raises(BundleError, match=r"catalog\.files\.(scales|items) must be 'catalog/"):
+        bfmt.verify_bundle(root, public_key=pub)
