@@ -454,7 +454,7 @@ MALFORMED_DELTAS = {
     "from not a number": (None, lambda s: _delta_entry(s).update({"from": "one"}), r"deltas\[0\]\.from"),
     "no files": (None, lambda s: _delta_entry(s).pop("files"), "files"),
     "size a string": (None, lambda s: _delta_entry(s)["files"][0].update(size="1k"), r"files\[0\]\.size"),
-    "sha256 a path": (None, lambda s: _delta_entry(s)["files"][0].update(sha256="../../x"), "sha256"),
+    "sha256 a path": (None, lambda s: _delta_entry(s)["files"][0].update(sha256="../../x"), r"files\[0\]\.sha256"),
     "path escapes": (None, lambda s: _delta_entry(s)["files"][0].update(path="../../etc/passwd"), "path"),
     "deltas an object": (None, lambda s: s.update(deltas={"1": 2}), "deltas"),
 }
