@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from shelfrank.device.catalog_files import NEIGHBOR_FILES
 from shelfrank.device.formats import ROW_SCALE_MAX
 from shelfrank.errors import BundleError, InputError, UnknownItemError
 
@@ -59,6 +60,7 @@ class Catalog:
                 "max|x|/127 <= 1/127): not made by the encoder; re-export or republish the catalog"
             )
         n = self.rows.shape[0]
+        self.neighbors = load_neighbors(root, n)
         # Everything a query returns is held in compact columns read once from SQLite: no Python
         # object per item but the id (the id -> row dict needs it), titles in one UTF-8 blob with
         # offsets (~3 MB at 100k demo items), category/brand as codes into small vocabularies.
@@ -115,6 +117,14 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self.item_ids)
+
+    @property
+    def neighbor_ids(self) -> np.ndarray | None:
+        return None if self.neighbors is None else self.neighbors[0]
+
+    @property
+    def neighbor_weights(self) -> np.ndarray | None:
+        return None if self.neighbors is None else self.neighbors[1]
 
     def row(self, item_id: str) -> int:
         try:
@@ -198,3 +208,38 @@ def _str_list(key: str, value: Any) -> list[str]:
     if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
         return list(value)
     raise InputError(f"where[{key!r}] must be a string or a list of strings, got {value!r}")
+
+
+def load_neighbors(root: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The catalog's co-occurrence neighbour table (memory-mapped), or None when it has none.
+
+    ``nbr.i32.npy``: (n, M) int32 rows of each item's neighbours, -1 padding; ``nbr.f16.npy``:
+    (n, M) float16 weights, finite and ≥ 0 (0 where padded).
+
+    Raises:
+        BundleError: one file without the other, a shape that disagrees with the catalog, an id
+            out of range, or a NaN/inf/negative weight (naming the file and the fix).
+    """
+    ids_path, w_path = root / NEIGHBOR_FILES["nbr_ids"], root / NEIGHBOR_FILES["nbr_weights"]
+    if not ids_path.exists() and not w_path.exists():
+        return None
+    fix = "re-export the bundle or republish the catalog"
+    try:
+        ids = np.load(ids_path, mmap_mode="r").view(np.ndarray)
+        w = np.load(w_path, mmap_mode="r").view(np.ndarray)
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{root}: neighbour table unreadable ({e}); {fix}") from e
+    if ids.dtype != np.int32 or ids.ndim != 2 or ids.shape[0] != n or ids.shape[1] > 4096:
+        raise BundleError(
+            f"{ids_path}: expected int32 ({n}, M ≤ 4096) neighbour ids, got {ids.dtype} {ids.shape}; {fix}"
+        )
+    if w.dtype != np.float16 or w.shape != ids.shape:
+        raise BundleError(f"{w_path}: expected float16 {ids.shape} neighbour weights, got {w.dtype} {w.shape}; {fix}")
+    # checked in blocks: no full-size temporary on a 1M-item catalog
+    for s in range(0, n, 65536):
+        bi, bw = ids[s : s + 65536], w[s : s + 65536]
+        if bi.size and (bi.min() < -1 or bi.max() >= n):
+            raise BundleError(f"{ids_path}: field ids: a neighbour id outside -1..{n - 1}; {fix}")
+        if bw.size and not (np.isfinite(bw).all() and bw.min() >= 0):
+            raise BundleError(f"{w_path}: field weights: NaN, inf or negative weights; {fix}")
+    return ids, w

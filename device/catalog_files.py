@@ -17,6 +17,8 @@ from shelfrank.errors import InputError
 
 COLUMNS = ("item_id", "title", "category", "brand", "price", "in_stock", "popularity")
 FILES = {"rows": "emb.i8.npy", "scales": "scale.f32.npy", "items": "items.sqlite"}
+# optional: the hybrid ranker's co-occurrence neighbours of each row (device/ranker.py)
+NEIGHBOR_FILES = {"nbr_ids": "nbr.i32.npy", "nbr_weights": "nbr.f16.npy"}
 
 
 @dataclass
@@ -26,6 +28,8 @@ class CatalogData:
     items: list[dict]
     rows: np.ndarray
     scales: np.ndarray
+    # (ids int32 (N, M), -1 padded; weights float16 (N, M)): the co-occurrence neighbours, or None
+    neighbors: tuple[np.ndarray, np.ndarray] | None = None
 
     def check(self, dim: int, where: str) -> None:
         """Refuse NaN/inf, wrong dtypes or dimensions, duplicate or empty ids (``where`` names the source)."""
@@ -42,10 +46,48 @@ class CatalogData:
             raise InputError(f"{where}: every item needs a non-empty string item_id")
         if len(set(ids)) != n:
             raise InputError(f"{where}: duplicate item ids")
+        if self.neighbors is not None:
+            nid, nw = self.neighbors
+            if (
+                nid.dtype != np.int32
+                or nid.ndim != 2
+                or nid.shape[0] != n
+                or nw.dtype != np.float16
+                or nw.shape != nid.shape
+            ):
+                raise InputError(f"{where}: neighbours must be int32 and float16 arrays of shape ({n}, M)")
+            if nid.size and (nid.min() < -1 or nid.max() >= n):
+                raise InputError(f"{where}: a neighbour id is outside -1..{n - 1}")
+            if nw.size and not (np.isfinite(nw).all() and nw.min() >= 0):
+                raise InputError(f"{where}: neighbour weights must be finite and >= 0")
+
+    def neighbors_for(self, old_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The neighbour table of a new catalog whose row j was this catalog's row ``old_rows[j]``
+        (-1: an item this one does not have), renumbered.
+
+        Every neighbour still names the same item; a neighbour missing from the new catalog leaves
+        the list (the rest move up, -1 pads the end), so a removed item never comes back as a
+        candidate; a new item starts with no neighbours.
+        """
+        if self.neighbors is None:
+            return None
+        nid, nw = self.neighbors
+        old_rows = np.asarray(old_rows, np.int64)
+        new_of = np.full(len(self.items) + 1, -1, np.int64)  # index -1 (padding) maps to -1
+        have = old_rows >= 0
+        new_of[old_rows[have]] = np.flatnonzero(have)
+        ids = np.full((len(old_rows), nid.shape[1]), -1, np.int64)
+        ids[have] = new_of[nid[old_rows[have]]]
+        w = np.zeros(ids.shape, np.float16)
+        w[have] = nw[old_rows[have]]
+        w[ids < 0] = 0
+        order = np.argsort(ids < 0, axis=1, kind="stable")  # kept entries first, in their order
+        return np.take_along_axis(ids, order, 1).astype(np.int32), np.take_along_axis(w, order, 1)
 
 
 def write_catalog_dir(root: str | Path, data: CatalogData, *, fsync: bool = True) -> dict[str, str]:
-    """Write the three files into ``root`` (created); returns {role: file name}."""
+    """Write the three files (and the neighbour table, when it has one) into ``root`` (created);
+    returns {role: file name}."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     np.save(root / FILES["rows"], np.ascontiguousarray(data.rows, np.int8))
@@ -76,8 +118,16 @@ def write_catalog_dir(root: str | Path, data: CatalogData, *, fsync: bool = True
             ),
         )
     con.close()
+    files = dict(FILES)
+    if data.neighbors is not None:
+        np.save(root / NEIGHBOR_FILES["nbr_ids"], np.ascontiguousarray(data.neighbors[0], np.int32))
+        np.save(root / NEIGHBOR_FILES["nbr_weights"], np.ascontiguousarray(data.neighbors[1], np.float16))
+        files.update(NEIGHBOR_FILES)
+    else:
+        for name in NEIGHBOR_FILES.values():
+            (root / name).unlink(missing_ok=True)
     if fsync:
-        for name in FILES.values():
+        for name in files.values():
             with open(root / name, "rb") as f:
                 os.fsync(f.fileno())
         fd = os.open(root, os.O_RDONLY)
@@ -85,7 +135,7 @@ def write_catalog_dir(root: str | Path, data: CatalogData, *, fsync: bool = True
             os.fsync(fd)
         finally:
             os.close(fd)
-    return dict(FILES)
+    return files
 
 
 def read_catalog_dir(root: str | Path) -> CatalogData:
@@ -98,4 +148,7 @@ def read_catalog_dir(root: str | Path) -> CatalogData:
     items = [dict(zip(COLUMNS, r)) for r in recs]
     for it in items:
         it["in_stock"] = bool(it["in_stock"])
-    return CatalogData(items, np.load(root / FILES["rows"]), np.load(root / FILES["scales"]))
+    nbr = None
+    if (root / NEIGHBOR_FILES["nbr_ids"]).exists():
+        nbr = (np.load(root / NEIGHBOR_FILES["nbr_ids"]), np.load(root / NEIGHBOR_FILES["nbr_weights"]))
+    return CatalogData(items, np.load(root / FILES["rows"]), np.load(root / FILES["scales"]), nbr)

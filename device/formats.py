@@ -257,6 +257,9 @@ class Manifest(_Entry, dict=True):
     dataset: ShortText = ""
     preset: dict[Name, Any] = {}
     quality: dict[Name, Any] = {}
+    # the hybrid ranker (device/ranker.py, decoded by RankerParams.from_manifest at open); a runtime
+    # that predates it ignores it and ranks by the user tower alone
+    ranker: dict[Name, Any] | None = None
 
     @classmethod
     def decode(cls, data: bytes, where: str) -> Manifest:

@@ -24,6 +24,7 @@ from shelfrank.device.encoder import TextEncoder, make_session, open_text_encode
 from shelfrank.device.events import Event, EventStore
 from shelfrank.device.history import collapse, tower_inputs
 from shelfrank.device.kernel import topk
+from shelfrank.device.ranker import RankerParams, cooc_scores, fuse, mmr, order, pop_feature, step_weights
 from shelfrank.device.text import ACTION_IDS
 from shelfrank.errors import BundleError, InputError
 
@@ -78,6 +79,8 @@ class Recommender:
                 "by this runtime (it runs 'sequence')"
             )
         self.max_events = tower.max_events
+        # the hybrid ranker's parameters (None: a bundle without one ranks by the tower alone)
+        self.ranker = None if manifest.ranker is None else RankerParams.from_manifest(manifest.ranker)
         self._tower = make_session(bundle / tower.file, threads=threads, providers=providers)
         self._encoder: TextEncoder | None = None
         self._lock = threading.Lock()
@@ -286,16 +289,106 @@ class Recommender:
         return cat.items(rows, kept)
 
     def recommend(
-        self, user_id: str, k: int = 10, *, exclude_seen: bool = True, where: Mapping[str, Any] | None = None
+        self,
+        user_id: str,
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        where: Mapping[str, Any] | None = None,
+        diversity: float = 0.0,
+        ranker: str = "hybrid",
     ) -> list[Item]:
-        """Items for this shopper, best first; popular items when they have no history yet."""
+        """Items for this shopper, best first; popular items when they have no history yet.
+
+        ``ranker="hybrid"`` (the default when the bundle has a ranker) fuses the tower's candidates
+        with the co-occurrence neighbours of the shopper's recent items (device/ranker.py);
+        ``"tower"`` ranks by the user tower alone. ``diversity`` = λ in [0, 1] re-ranks the best
+        candidates by maximal marginal relevance (0: the plain order).
+
+        Raises:
+            InputError: k not a positive integer, an unknown ranker, diversity outside [0, 1], a bad filter.
+        """
+        if ranker not in ("hybrid", "tower"):
+            raise InputError(f"ranker must be 'hybrid' or 'tower', got {ranker!r}")
+        if isinstance(diversity, bool) or not isinstance(diversity, (int, float)) or not 0.0 <= diversity <= 1.0:
+            raise InputError(f"diversity must be a number in [0, 1], got {diversity!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be a positive integer, got {k!r}")
         cat = self.catalog  # one consistent catalog for the whole call
         mask = cat.mask(where)
         gen = self.events.generation(user_id)
         events = self.events.history(user_id)  # read once: for the seen rows and the user vector
         index = cat.index
         seen = frozenset(index[e.item_id] for e in events if e.item_id in index) if exclude_seen else frozenset()
-        return self._rank(cat, self.user_vector(user_id, cat, (gen, events)), k, mask, seen)
+        u = self.user_vector(user_id, cat, (gen, events))
+        pool = max(50, 5 * k) if diversity > 0 else k
+        if u is None or self.ranker is None or ranker == "tower":
+            out = self._rank(cat, u, pool, mask, seen)
+            return self._diversify(cat, out, k, diversity) if diversity > 0 else out
+        steps = collapse(
+            (index[e.item_id], ACTION_IDS[e.action]) for e in events[-self.max_events * 4 :] if e.item_id in index
+        )
+        rows, scores = self._hybrid(cat, u, steps, pool, mask, seen, exclude_seen)
+        if diversity > 0 and len(rows) > 1:
+            pick = mmr(rows, scores, cat.vectors(rows), k, float(diversity))
+            rows, scores = rows[pick], scores[pick]
+        return cat.items(rows[:k].tolist(), scores[:k].tolist())
+
+    def _hybrid(
+        self,
+        cat: Catalog,
+        u: np.ndarray,
+        steps: list[tuple[int, int]],
+        k: int,
+        mask: np.ndarray | None,
+        seen: frozenset[int],
+        allow_seen: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The k best rows by the fused score (device/ranker.py) and their scores, best first."""
+        p = self.ranker
+        h_rows, h_w = step_weights(steps, p)
+        c_items, c_scores = cooc_scores(h_rows, h_w, cat.neighbor_ids, cat.neighbor_weights)
+        if seen and len(c_items):  # seen items are no candidates and do not set the scale
+            keep = ~np.isin(c_items, np.fromiter(seen, np.int64, len(seen)))
+            c_items, c_scores = c_items[keep], c_scores[keep]
+        cmax = float(c_scores.max()) if len(c_scores) else 0.0
+        want = min(max(p.candidates, k) + len(seen), len(cat))
+        ids, _ = topk(u, cat.rows, want, scales=cat.scales, mask=mask, threads=self.threads)
+        t_rows = ids[ids >= 0].astype(np.int64)
+        if seen:
+            t_rows = t_rows[~np.isin(t_rows, np.fromiter(seen, np.int64, len(seen)))]
+        t_rows = t_rows[: max(p.candidates, k)]
+        if mask is not None and len(c_items):
+            c_ok = mask[c_items]
+            c_in, c_sc = c_items[c_ok], c_scores[c_ok]
+        else:
+            c_in, c_sc = c_items, c_scores
+        parts = [t_rows, c_in]
+        rep_rows = np.zeros(0, np.int64)
+        if allow_seen and p.w_repeat != 0 and len(h_rows):
+            rep_rows = h_rows if mask is None else h_rows[mask[h_rows]]
+            parts.append(rep_rows)
+        cand = np.unique(np.concatenate(parts))
+        if len(cand) == 0:
+            return cand, np.zeros(0, np.float32)
+        tower = cat.vectors(cand) @ u
+        cooc = np.zeros(len(cand), np.float32)
+        if len(c_in):
+            cooc[np.searchsorted(cand, c_in)] = c_sc
+        rep = 0.0
+        if len(rep_rows):
+            rep = np.zeros(len(cand), np.float32)
+            np.add.at(rep, np.searchsorted(cand, h_rows[np.isin(h_rows, cand)]), h_w[np.isin(h_rows, cand)])
+        fused = fuse(p, tower.astype(np.float32), cooc, cmax, pop_feature(cat.popularity[cand]), rep)
+        o = order(fused, cand)
+        return cand[o][: max(k, 0)], fused[o][: max(k, 0)]
+
+    def _diversify(self, cat: Catalog, items: list[Item], k: int, lam: float) -> list[Item]:
+        if len(items) <= 1:
+            return items[:k]
+        rows = np.fromiter((cat.index[it.item_id] for it in items), np.int64, len(items))
+        scores = np.fromiter((it.score for it in items), np.float32, len(items))
+        return [items[i] for i in mmr(rows, scores, cat.vectors(rows), k, float(lam))]
 
     def similar(self, item_id: str, k: int = 10, *, where: Mapping[str, Any] | None = None) -> list[Item]:
         """Items closest to ``item_id`` (never the item itself)."""

@@ -42,7 +42,7 @@ import numpy as np
 
 from shelfrank.device import bundle as bfmt
 from shelfrank.device import formats
-from shelfrank.device.catalog_files import FILES, CatalogData, read_catalog_dir, write_catalog_dir
+from shelfrank.device.catalog_files import FILES, NEIGHBOR_FILES, CatalogData, read_catalog_dir, write_catalog_dir
 from shelfrank.device.formats import DeltaChanges, DeltaRef, FileRef, IndexSigned, ItemRecord
 from shelfrank.errors import InputError, SyncError
 
@@ -502,7 +502,10 @@ def apply_delta(base: CatalogData, changes: DeltaChanges, rows: np.ndarray, scal
         out[~from_base] = delta_arr[take[~from_base] - len(keep)]
         return out
 
-    return CatalogData(items, per_row(base.rows, rows), per_row(base.scales, scales))
+    # the neighbour table follows the items, not the rows: a kept or updated item keeps its
+    # neighbours (renumbered; removed ones leave the lists), an added item starts with none
+    nbr = base.neighbors_for(np.concatenate([keep, np.full(len(items) - len(keep), -1, np.int64)]))
+    return CatalogData(items, per_row(base.rows, rows), per_row(base.scales, scales), nbr)
 
 
 def _delta_chain(index: IndexSigned, current: int) -> list[DeltaRef]:
@@ -564,15 +567,19 @@ def _fetch_snapshot(src, index: IndexSigned, store: CatalogStore) -> tuple[Catal
     missing = [n for n in FILES.values() if n not in files]
     if missing:
         raise SyncError(f"{where}: no {', '.join(missing)} in its files; republish the catalog")
+    # the neighbour table travels with a snapshot when the publisher has one (both files or none)
+    names = list(FILES.values())
+    if all(n in files for n in NEIGHBOR_FILES.values()):
+        names += NEIGHBOR_FILES.values()
     paths, total = {}, 0
-    for name in FILES.values():
+    for name in names:
         paths[name], got = _fetch(src, files[name], store.downloads)
         total += got
     snap = store.root / f".snapshot-{os.getpid()}"
     shutil.rmtree(snap, ignore_errors=True)
     snap.mkdir(parents=True)
     try:
-        for name in FILES.values():
+        for name in names:
             shutil.copyfile(paths[name], snap / name)
         data = read_catalog_dir(snap)
     except Exception as e:  # sqlite3/numpy errors on a bad file

@@ -392,6 +392,9 @@ class Split:
     train: list[list[tuple[int, int]]]
     valid: list[tuple[int, list[tuple[int, int]], int]]
     test: list[tuple[int, list[tuple[int, int]], int]]
+    # each user's steps known before the test targets (train + the valid step): what co-occurrence
+    # and popularity are built from when the test split is scored (None: ``train``)
+    before_test: list[list[tuple[int, int]]] | None = None
     cut: dict[str, float] | None = None
 
     def describe(self) -> str:
@@ -427,7 +430,8 @@ def leave_one_out(ds: Dataset, *, min_len: int = 3) -> Split:
         train.append(seq[:-2])
         valid.append((u, seq[:-2], seq[-2][0]))
         test.append((u, seq[:-1], seq[-1][0]))
-    return Split("leave-one-out", train, valid, test)
+    before = [s if len(s) < min_len else s[:-1] for s in ds.sequences()]
+    return Split("leave-one-out", train, valid, test, before_test=before)
 
 
 def time_split(ds: Dataset, *, valid_frac: float = 0.1, test_frac: float = 0.1) -> Split:
@@ -438,6 +442,7 @@ def time_split(ds: Dataset, *, valid_frac: float = 0.1, test_frac: float = 0.1) 
     ts = ds.events.ts
     t_test, t_valid = np.quantile(ts, 1 - test_frac), np.quantile(ts, 1 - test_frac - valid_frac)
     train, valid, test = [], [], []
+    before: list[list[tuple[int, int]]] = []
     per_user: list[list[tuple[int, int, float]]] = [[] for _ in ds.users]
     for u, i, a, t in zip(ds.events.user.tolist(), ds.events.item.tolist(), ds.events.action.tolist(), ts):
         s = per_user[u]
@@ -451,13 +456,14 @@ def time_split(ds: Dataset, *, valid_frac: float = 0.1, test_frac: float = 0.1) 
         cut_v = sum(1 for *_, t in seq if t < t_valid)
         cut_t = sum(1 for *_, t in seq if t < t_test)
         train.append(steps[:cut_v])
+        before.append(steps[:cut_t])
         if cut_v < len(seq) and cut_v > 0 and cut_v < cut_t:
             valid.append((u, steps[:cut_v], steps[cut_v][0]))
         if cut_t < len(seq) and cut_t > 0:
             test.append((u, steps[:cut_t], steps[cut_t][0]))
     cut = {"valid_from": float(t_valid), "test_from": float(t_test), "valid_frac": valid_frac, "test_frac": test_frac}
     logger.info("time split: valid targets from %s, test from %s", _when(cut["valid_from"]), _when(cut["test_from"]))
-    return Split("time", train, valid, test, cut)
+    return Split("time", train, valid, test, before_test=before, cut=cut)
 
 
 def make_split(ds: Dataset, kind: str) -> Split:

@@ -30,7 +30,7 @@ import numpy as np
 
 from shelfrank.device import bundle as bfmt
 from shelfrank.device import formats
-from shelfrank.device.catalog_files import FILES, CatalogData, read_catalog_dir, write_catalog_dir
+from shelfrank.device.catalog_files import CatalogData, read_catalog_dir, write_catalog_dir
 from shelfrank.device.encoder import TextEncoder
 from shelfrank.device.kernel import quantize_rows
 from shelfrank.device.text import item_text
@@ -105,11 +105,13 @@ def publish(
         emb = enc.encode([item_text(items[j], fields, sep) for j in to_embed])
         r8, s8 = quantize_rows(emb)
         rows[to_embed], scales[to_embed] = r8, s8
-    new = CatalogData(items, rows, scales)
+    # the co-occurrence neighbours follow the items (an added item has none until the next export)
+    nbr = prev.neighbors_for(np.asarray([prev_index.get(it["item_id"], -1) for it in items], np.int64))
+    new = CatalogData(items, rows, scales, nbr)
     new.check(dim, "publish")
 
     snap_rel = f"snapshots/{version}"
-    write_catalog_dir(out / snap_rel, new)
+    snap_files = write_catalog_dir(out / snap_rel, new)
     new_ids = {it["item_id"] for it in items}
     removed = [it["item_id"] for it in prev.items if it["item_id"] not in new_ids]
 
@@ -151,7 +153,7 @@ def publish(
         "model_sha256": model["sha256"],
         "dim": dim,
         "count": len(items),
-        "snapshot": {"version": version, "files": [_file_entry(out, f"{snap_rel}/{n}") for n in FILES.values()]},
+        "snapshot": {"version": version, "files": [_file_entry(out, f"{snap_rel}/{n}") for n in snap_files.values()]},
         "deltas": deltas,
     }
     # the same struct and constraints sync decodes: never sign an index the devices refuse

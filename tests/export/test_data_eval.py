@@ -458,16 +458,19 @@ def test_popularity_scores_recency():
 
 def test_item_similarity_window_and_normalisation():
     train = [[(0, 0), (1, 0), (2, 0)], [(0, 0), (1, 0)]]
-    s = item_similarity(train, 4, window=1, alpha=0.5, top_k=None).toarray()
+    s = item_similarity(train, 4, window=1, alpha=0.5, length_weight=False, top_k=None).toarray()
     # c_01 = 2, n_0 = n_1 = 2 -> 1; c_12 = 1, n_1 = 2, n_2 = 1 -> 1/sqrt(2); 0-2 not within window 1
     assert s[0, 1] == pytest.approx(1.0) and s[1, 2] == pytest.approx(2**-0.5) and s[0, 2] == 0
     np.testing.assert_allclose(s, s.T)
     assert np.all(np.diag(s) == 0)
-    s2 = item_similarity(train, 4, window=2, pair_decay=0.5, alpha=0.5, top_k=None).toarray()
+    s2 = item_similarity(train, 4, window=2, pair_decay=0.5, alpha=0.5, length_weight=False, top_k=None).toarray()
     assert s2[0, 2] == pytest.approx(0.5 / np.sqrt(2))
-    s3 = item_similarity(train, 4, window=1, alpha=1.0, top_k=1).toarray()
+    s3 = item_similarity(train, 4, window=1, alpha=1.0, length_weight=False, top_k=1).toarray()
     assert (s3 > 0).sum(1).max() == 1  # one neighbour each
     assert s3[1, 0] == pytest.approx(1.0)  # c_10 / n_1 beats c_12 / n_1
+    # length weighting: a pair in a sequence of length L counts 1 / log(1 + L)
+    s4 = item_similarity(train, 4, window=1, alpha=0.5, top_k=None).toarray()
+    assert s4[0, 1] == pytest.approx((1 / np.log(4) + 1 / np.log(3)) / 2)
 
 
 def test_baselines_beat_random_on_demo(demo: Dataset):
