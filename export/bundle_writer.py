@@ -19,10 +19,17 @@ from shelfrank.device.text import ACTION_IDS, ITEM_FIELDS, SEPARATOR
 from shelfrank.export.data import Dataset
 
 
-def write_catalog(root: Path, ds: Dataset, rows8: np.ndarray, scales: np.ndarray, popularity: np.ndarray) -> dict:
+def write_catalog(
+    root: Path,
+    ds: Dataset,
+    rows8: np.ndarray,
+    scales: np.ndarray,
+    popularity: np.ndarray,
+    neighbors: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict:
     """The bundle's catalog (version 1) under ``root/catalog``; returns its manifest entry."""
     items = [{**ds.catalog.record(i), "popularity": float(popularity[i])} for i in range(len(ds.catalog))]
-    data = CatalogData(items, rows8, scales.astype(np.float32))
+    data = CatalogData(items, rows8, scales.astype(np.float32), neighbors)
     data.check(int(rows8.shape[1]), f"{ds.name} catalog")
     files = write_catalog_dir(root / "catalog", data, fsync=False)
     return {
@@ -56,6 +63,8 @@ def write_bundle(
     scales: np.ndarray,
     popularity: np.ndarray,
     key: Any,
+    neighbors: tuple[np.ndarray, np.ndarray] | None = None,
+    ranker: Mapping[str, Any] | None = None,
     max_len: int,
     max_events: int,
     model: Mapping[str, Any] | None = None,
@@ -69,7 +78,9 @@ def write_bundle(
     to text/bytes written as they are (quality reports, logs); ``meta`` adds top-level fields;
     ``encoders`` = {variant: (onnx file, manifest fields)} adds alternative encoders of the same
     embedding function (``fp16`` for GPU providers) as ``encoder_<variant>.onnx``, declared in the
-    manifest's ``encoders`` table.
+    manifest's ``encoders`` table. ``neighbors`` (int32 ids, float16 weights, (N, M)) is the
+    hybrid ranker's co-occurrence table in the catalog folder, ``ranker`` its manifest entry
+    (``RankerParams.to_manifest``); a runtime that predates them ignores both.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +94,7 @@ def write_bundle(
             name = f"encoder_{variant}.onnx"
             shutil.copy2(src, tmp / name)
             variants[variant] = {**fields, "file": name, "sha256": bfmt.sha256_file(tmp / name)}
-        catalog = write_catalog(tmp, ds, rows8, scales, popularity)
+        catalog = write_catalog(tmp, ds, rows8, scales, popularity, neighbors)
         for name, content in (extra_files or {}).items():
             (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
         d = int(rows8.shape[1])
@@ -129,6 +140,8 @@ def write_bundle(
         }
         if variants:
             manifest["encoders"] = variants
+        if ranker is not None:
+            manifest["ranker"] = dict(ranker)
         manifest = bfmt.sign_bundle(tmp, manifest, key)
         replace_dir(tmp, out)
         return manifest

@@ -338,3 +338,79 @@ def popularity_feature(seqs: list, n: int) -> np.ndarray:
 
 def known(split: Split, for_test: bool) -> list:
     return ev.known_sequences(split, for_test=for_test)
+
+
+# ---- one context for every model the report ranks ----------------------------------------------
+
+
+class Context:
+    """What every tower/hybrid row of the report shares: the cases, the neighbour tables and
+    popularity built from what is known before them (train for the fit on valid; train + the
+    valid step for the test), the diversity space, and whether the shop re-buys."""
+
+    def __init__(
+        self,
+        split: Split,
+        n: int,
+        test: list,
+        *,
+        neighbors: int,
+        fit_sample: int | None,
+        seed: int,
+        div_vecs: np.ndarray,
+        base: RankerParams | None = None,
+    ) -> None:
+        self.n, self.test, self.div_vecs = n, test, div_vecs
+        self.base = base or RankerParams()
+        valid = split.valid
+        if fit_sample is not None and len(valid) > fit_sample:
+            pick = np.sort(np.random.default_rng(seed + 5).choice(len(valid), fit_sample, replace=False))
+            valid = [valid[i] for i in pick]
+        self.valid = valid
+        self.m = neighbors
+        _, _, self.fit_table = build_table(known(split, False), n, neighbors)
+        _, _, self.test_table = build_table(known(split, True), n, neighbors)
+        self.fit_pop = popularity_feature(known(split, False), n)
+        self.test_pop = popularity_feature(known(split, True), n)
+        in_hist = sum(1 for _, h, t in split.valid if any(r == t for r, _ in h))
+        self.repeat_share = in_hist / max(1, len(split.valid))
+        # a shop whose next items are often already in the history: measure the repeat term
+        self.repeats = self.repeat_share >= 0.02
+
+    def rows_for(self, name: str, user_fn: UserFn, rows: np.ndarray) -> dict[str, Any]:
+        """The tower-alone and hybrid rows of one model (its user vectors and item rows)."""
+        t0 = time.perf_counter()
+        uv = precompute(self.valid, user_fn)
+        ut = precompute(self.test, user_fn)
+        out: dict[str, Any] = {}
+        out["tower"] = ev.evaluate(tower_fn(ut, rows), self.test, self.n, item_vecs=self.div_vecs)
+        params, record = fit(
+            self.valid, uv, rows, self.fit_table, self.fit_pop, self.base, exclude_seen=not self.repeats
+        )
+        out["params"], out["fit"] = params, record
+        out["hybrid"] = ev.evaluate(
+            score_fn(ut, self.test, rows, self.test_table, self.test_pop, params),
+            self.test,
+            self.n,
+            item_vecs=self.div_vecs,
+        )
+        out["hybrid"]["weights"] = params.to_manifest()
+        if self.repeats:
+            out["hybrid_repeats"] = ev.evaluate(
+                score_fn(ut, self.test, rows, self.test_table, self.test_pop, params, exclude_seen=False),
+                self.test,
+                self.n,
+                item_vecs=self.div_vecs,
+                exclude_seen=False,
+            )
+        out["users_test"] = ut
+        logger.info("%s: tower and hybrid evaluated in %.1fs", name, time.perf_counter() - t0)
+        return out
+
+    def diversity(self, ut: np.ndarray, rows: np.ndarray, params: RankerParams, lams=(0.0, 0.2, 0.5), sample=2000):
+        """NDCG@10 and diversity@10 of the hybrid at each λ (MMR), on the first ``sample`` test cases."""
+        cases = self.test[:sample]
+        return [
+            mmr_eval(cases, ut[: len(cases)], rows, self.test_table, self.test_pop, params, lam, self.div_vecs)
+            for lam in lams
+        ]

@@ -11,6 +11,7 @@ is complete and signed, so an interrupted export never leaves a half-written bun
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -47,8 +48,14 @@ class Preset:
     student_tower_epochs: int = 1
     tower_batch: int = 256
     tower_lr: float = 2e-3
-    tower_time_s: float | None = 240.0
+    tower_time_s: float | None = 240.0  # the teacher-row tower; checked after every batch
+    student_tower_time_s: float | None = 120.0  # the student-row tower (continues from the teacher's)
+    tower_max_cases: int | None = 150_000  # training cases per tower epoch (sampled afresh each epoch)
     max_events: int = 20
+    neighbors: int = 50  # co-occurrence neighbours per item in the bundle (M; 300 B/item ≤ int8 rows at d=384)
+    fit_sample: int | None = 3000  # valid cases the fusion weights are fitted on (None: all)
+    zero_shot_max_items: int | None = 10_000  # the text design's row embeds the whole catalog: skipped above
+    diversity_sample: int = 1000  # test cases the MMR re-ranking is measured on
     eval_sample: int | None = 2000  # test users evaluated (None: all)
     zero_shot_sample: int = 200  # the text design is slow: a fixed sample
     latency_runs: int = 30
@@ -57,17 +64,26 @@ class Preset:
 
 
 PRESETS = {
-    "quick": Preset("quick"),
+    # bounded by the data: ≤ 10 min on a 2-core machine up to 500k events and 20k items (the tower
+    # budgets and case caps bind on big shops; small ones finish in a few minutes)
+    "quick": Preset("quick", tower_time_s=150.0, student_tower_time_s=75.0),
     # sized for ≤ 2 hours on a 2-core CPU with the Amazon Video Games data (290k training pairs):
     # measured here, teacher ≈ 2.8 s/step at 64 pairs, a tower epoch over 290k cases ≈ 6 min
     "full": Preset(
         "full",
-        teacher_steps=1000,
-        student_steps=500,
+        # the 2026-11-28 run: the towers were still improving when cut, and 400 teacher steps ranked
+        # better than 1,000: time moves from the teacher to the towers
+        teacher_steps=400,
+        student_steps=400,
         batch=64,
-        tower_epochs=4,
-        student_tower_epochs=2,
-        tower_time_s=1500.0,
+        tower_epochs=6,
+        student_tower_epochs=3,
+        tower_time_s=2400.0,
+        student_tower_time_s=1200.0,
+        tower_max_cases=None,
+        fit_sample=10_000,
+        zero_shot_max_items=None,
+        diversity_sample=2000,
         eval_sample=None,
         zero_shot_sample=5000,
         latency_runs=100,
@@ -283,6 +299,7 @@ def run_export(
     from shelfrank.device.encoder import TextEncoder
     from shelfrank.device.kernel import quantize_rows
     from shelfrank.export import evaluate as ev
+    from shelfrank.export import fusion as fu
     from shelfrank.export.models import load_teacher, make_student
     from shelfrank.export.onnx_export import export_encoder, export_tower, parity, parity_gate, quantize_int8
     from shelfrank.export.train import (
@@ -291,8 +308,6 @@ def run_export(
         TowerConfig,
         TowerModel,
         embed,
-        history_arrays,
-        tower_scores,
         train_encoder,
         train_tower,
         transition_pairs,
@@ -330,33 +345,19 @@ def run_export(
             "preset": p.name,
             "eval_cases": len(test),
             "eval_cases_total": len(split.test),
+            "split_cut": getattr(split, "cut", None),
+            "split_described": split.describe() if hasattr(split, "describe") else split.kind,
+            "notes": [],
             "models": {},
         }
         models = quality["models"]
 
-        t0 = st.start("baselines")
-        models["popularity"] = ev.evaluate(ev.popularity(split, n), test, n)
-        models["item co-occurrence kNN"] = ev.evaluate(ev.item_knn(split, n), test, n)
-        st.done("baselines", t0)
-
         teacher_enc, tok_path = load_teacher(teacher)
         tokens = Tokens(str(tok_path), p.max_len)
-
-        t0 = st.start("zero-shot teacher")
-        zs = _sample(test, p.zero_shot_sample, p.seed + 1)
-        if st.have("zs_items.npy"):
-            zs_items = np.load(work / "zs_items.npy")
-        else:
-            zs_items = embed(teacher_enc, tokens, texts, desc="zero-shot catalog")
-            np.save(work / "zs_items.npy", zs_items)
         hist_tokens = Tokens(str(tok_path), p.history_max_len)
 
-        def zero_shot(hs: list) -> np.ndarray:
-            users = embed(teacher_enc, hist_tokens, _history_texts(ds, hs, p.max_events), batch=32, desc="histories")
-            return users @ zs_items.T
-
-        models["zero-shot teacher (text design)"] = ev.evaluate(zero_shot, zs, n, batch=128)
-        st.done("zero-shot teacher", t0)
+        # the text design is measured with the teacher as it comes (a copy: the teacher is fine-tuned next)
+        zs_enc = None if p.zero_shot_max_items is not None and n > p.zero_shot_max_items else copy.deepcopy(teacher_enc)
 
         pairs = transition_pairs(split.train)
         t0 = st.start("fine-tune teacher")
@@ -376,19 +377,56 @@ def run_export(
         teacher_emb = embed(teacher_enc, tokens, texts, desc="teacher catalog")
         st.done("fine-tune teacher", t0)
 
+        t0 = st.start("zero-shot teacher")
+        zero_shot_row = None
+        if zs_enc is None:
+            logger.info(
+                "zero-shot text design skipped: %d items > the preset's zero_shot_max_items %d",
+                n,
+                p.zero_shot_max_items,
+            )
+            quality["notes"].append(f"zero-shot text design not evaluated ({n:,} items > {p.zero_shot_max_items:,})")
+        else:
+            zs = _sample(test, p.zero_shot_sample, p.seed + 1)
+            if st.have("zs_items.npy"):
+                zs_items = np.load(work / "zs_items.npy")
+            else:
+                zs_items = embed(zs_enc, tokens, texts, desc="zero-shot catalog")
+                np.save(work / "zs_items.npy", zs_items)
+
+            def zero_shot(hs: list) -> np.ndarray:
+                users = embed(zs_enc, hist_tokens, _history_texts(ds, hs, p.max_events), batch=32, desc="histories")
+                return users @ zs_items.T
+
+            zero_shot_row = ev.evaluate(zero_shot, zs, n, batch=128, item_vecs=teacher_emb)
+            zs_enc = None  # free the copy
+        st.done("zero-shot teacher", t0)
+
+        # diversity@10 of every row in one fixed space: the fine-tuned teacher's item embeddings
+        div_vecs = teacher_emb
+        t0 = st.start("baselines")
+        models["popularity"] = ev.evaluate(ev.popularity(split, n), test, n, item_vecs=div_vecs)
+        models["item-kNN"] = ev.evaluate(ev.item_knn(split, n), test, n, item_vecs=div_vecs)
+        if zero_shot_row is not None:
+            models["zero-shot teacher (text design)"] = zero_shot_row
+        fctx = fu.Context(
+            split, n, test, neighbors=p.neighbors, fit_sample=p.fit_sample, seed=p.seed, div_vecs=div_vecs
+        )
+        quality["repeats"] = {"valid_targets_in_history": round(fctx.repeat_share, 4), "measured": fctx.repeats}
+        st.done("baselines", t0)
+
         tcfg = TowerConfig(
             epochs=p.tower_epochs,
             batch=p.tower_batch,
             lr=p.tower_lr,
             max_events=p.max_events,
             time_budget_s=p.tower_time_s,
+            max_cases=p.tower_max_cases,
             seed=p.seed,
         )
         t0 = st.start("tower on teacher rows")
         t_model, t_hist = train_tower(teacher_emb, split.train, split.valid, tcfg, desc="tower (teacher)")
-        models["fine-tuned teacher fp32 + tower"] = ev.evaluate(
-            lambda hs: tower_scores(t_model, hs, max_events=p.max_events), test, n
-        )
+        _add_rows(models, "teacher fp32", fctx.rows_for("teacher", *_torch_tower(t_model, p.max_events)))
         st.done("tower on teacher rows", t0)
 
         t0 = st.start("distil student")
@@ -441,7 +479,7 @@ def run_export(
             s8_rows,
             split.train,
             split.valid,
-            replace(tcfg, epochs=p.student_tower_epochs),
+            replace(tcfg, epochs=p.student_tower_epochs, time_budget_s=p.student_tower_time_s),
             init=t_model,
             desc="tower (student int8)",
         )
@@ -449,17 +487,23 @@ def run_export(
         # int8 ones only by quantisation noise; see the parity figures)
         s32_model = TowerModel(s32_rows, tcfg)
         s32_model.load_state_dict({k: v for k, v in s8_model.state_dict().items() if k != "base"}, strict=False)
-        models["student fp32 + tower"] = ev.evaluate(
-            lambda hs: tower_scores(s32_model, hs, max_events=p.max_events), test, n
-        )
+        _add_rows(models, "student fp32", fctx.rows_for("student fp32", *_torch_tower(s32_model, p.max_events)))
         with torch.inference_mode():
             final = s8_model.item_vectors().numpy()
         rows8, scales = quantize_rows(np.ascontiguousarray(final, np.float32))
         export_tower(s8_model.tower, work / "user_tower.onnx")
         bundle_rows = rows8.astype(np.float32) * scales[:, None]
-        models["student int8 + tower (the bundle)"] = _eval_bundle_path(
-            ev, work / "user_tower.onnx", bundle_rows, test, n, p.max_events, history_arrays
+        # exactly what the device runs: the ONNX tower over the bundle's (int8) rows
+        s8 = fctx.rows_for(
+            "student int8", _onnx_tower(work / "user_tower.onnx", bundle_rows, p.max_events), bundle_rows
         )
+        _add_rows(models, "student int8", s8, bundle=True)
+        ranker = s8["params"]
+        quality["ranker"] = {**ranker.to_manifest(), "fit": s8["fit"], "neighbors": p.neighbors}
+        quality["diversity"] = fctx.diversity(s8["users_test"], bundle_rows, ranker, sample=p.diversity_sample)
+        quality["warnings"] = _warnings(models)
+        for w in quality["warnings"]:
+            logger.warning("%s", w)
         st.done("tower on student rows", t0)
 
         t0 = st.start("latency")
@@ -471,7 +515,10 @@ def run_export(
         quality["stages_s"] = st.times
 
         t0 = st.start("bundle")
-        popularity = ev.popularity_scores(split, n)
+        # the device ranks with everything the export knows: popularity and neighbours from all events
+        seqs = ds.sequences()
+        popularity = ev.popularity_scores(seqs, n)
+        nbr_ids, nbr_w, _ = fu.build_table(seqs, n, p.neighbors)
         log = (work / "export.log").read_text() if (work / "export.log").exists() else ""
         manifest = write_bundle(
             out,
@@ -482,6 +529,8 @@ def run_export(
             rows8=rows8,
             scales=scales,
             popularity=popularity,
+            neighbors=(nbr_ids, nbr_w),
+            ranker=ranker.to_manifest(fitted_on=f"valid split ({s8['fit']['valid_cases']:,} cases)"),
             key=signing_key,
             max_len=p.max_len,
             max_events=p.max_events,
@@ -586,20 +635,57 @@ def _parity_texts(ds: Dataset, n: int, seed: int) -> list[str]:
     return picked + queries
 
 
-def _eval_bundle_path(
-    ev, tower_onnx: Path, rows: np.ndarray, cases: list, n: int, max_events: int, history_arrays
-) -> dict:
-    """Evaluate exactly what the device runs: the ONNX tower over the bundle's (int8) rows."""
+def _torch_tower(model, max_events: int):
+    """(user vectors fn, item rows) of a torch tower model (its own item vectors, residual included)."""
+    import torch
+
+    from shelfrank.export.fusion import tower_user_fn
+
+    with torch.inference_mode():
+        model.eval()
+        v = model.item_vectors()
+
+    def run(r: np.ndarray, a: np.ndarray, m: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(r), torch.from_numpy(a), torch.from_numpy(m), v).numpy()
+
+    return tower_user_fn(run, max_events), v.numpy()
+
+
+def _onnx_tower(tower_onnx: Path, rows: np.ndarray, max_events: int):
+    """User vectors exactly as the device makes them: the ONNX tower over the bundle's (int8) rows."""
     from shelfrank.device.encoder import make_session
+    from shelfrank.export.fusion import tower_user_fn
 
     sess = make_session(tower_onnx, threads=2)
 
-    def score(hs: list) -> np.ndarray:
-        r, a, m = history_arrays(hs, max_events)
+    def run(r: np.ndarray, a: np.ndarray, m: np.ndarray) -> np.ndarray:
         (u,) = sess.run(["user"], {"item_vecs": rows[r], "actions": a, "mask": m})
-        return u @ rows.T
+        return u
 
-    return ev.evaluate(score, cases, n)
+    return tower_user_fn(run, max_events)
+
+
+def _add_rows(models: dict, name: str, rows: dict, *, bundle: bool = False) -> None:
+    """The report rows of one model: tower alone, hybrid (the shipped one names ``bundle``)."""
+    models[f"{name} tower"] = rows["tower"]
+    models[f"{name} hybrid" + (" (the bundle)" if bundle else "")] = rows["hybrid"]
+    if bundle and "hybrid_repeats" in rows:
+        models[f"{name} hybrid, seen items allowed + repeat term"] = rows["hybrid_repeats"]
+
+
+def _warnings(models: dict) -> list[str]:
+    """A loud line for every metric on which the bundle ranks below a baseline."""
+    bundle = next(m for name, m in models.items() if "bundle" in name)
+    out = []
+    for base in ("popularity", "item-kNN"):
+        for metric in ("ndcg@10", "recall@10", "recall@50"):
+            if bundle[metric] < models[base][metric]:
+                out.append(
+                    f"WARNING: the bundle ranks below {base} on {metric.upper().replace('RECALL', 'Recall')}: "
+                    f"{bundle[metric]:.4f} < {models[base][metric]:.4f}"
+                )
+    return out
 
 
 def _encoder_latency(ds, split, teacher_enc, tok_path, work, p, hist_tokens, tokens, rows, rows8, scales) -> dict:
@@ -678,11 +764,46 @@ def render_quality(q: dict) -> str:
         + ("" if q["eval_cases"] == q["eval_cases_total"] else f" (fixed sample, seed {PRESETS['quick'].seed})")
         + ". The zero-shot text design is evaluated on its own smaller fixed sample (see cases).",
         "",
-        "| model | NDCG@10 | Recall@10 | Recall@50 | cases |",
-        "| :--- | ---: | ---: | ---: | ---: |",
+        "| model | NDCG@10 | Recall@10 | Recall@50 | coverage@10 | diversity@10 | cases |",
+        "| :--- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, m in q["models"].items():
-        lines.append(f"| {name} | {m['ndcg@10']:.4f} | {m['recall@10']:.4f} | {m['recall@50']:.4f} | {m['cases']:,} |")
+        div = "" if m.get("diversity@10") is None else f"{m['diversity@10']:.3f}"
+        lines.append(
+            f"| {name} | {m['ndcg@10']:.4f} | {m['recall@10']:.4f} | {m['recall@50']:.4f} | "
+            f"{m.get('coverage@10', float('nan')):.3f} | {div} | {m['cases']:,} |"
+        )
+    lines += [
+        "",
+        f"Split: {q.get('split_described', q['split'])}. coverage@10: share of the catalog in anyone's top 10; "
+        "diversity@10: 1 − mean pairwise cosine of each top 10 in the fine-tuned teacher's item space. "
+        "Co-occurrence and popularity are built from what is known before the scored cases "
+        "(train for valid; train + the valid step for test).",
+    ]
+    for note in q.get("notes", []):
+        lines.append(f"Note: {note}.")
+    if q.get("warnings"):
+        lines += ["", *(f"**{w}**" for w in q["warnings"])]
+    if "ranker" in q:
+        r = q["ranker"]
+        w = r["weights"]
+        lines += [
+            "",
+            f"Hybrid ranker (fitted on {r['fit']['valid_cases']:,} valid cases, grid of {r['fit']['grid_size']}): "
+            f"score = {w['tower']:g} · tower cosine + {w['cooc']:g} · co-occurrence / max + {w['popularity']:g} · "
+            f"log-popularity + {w['repeat']:g} · repeat; recency decay {r['decay']:g} over the last {r['recent']} "
+            f"steps, candidates: the tower's {r['candidates']} ∪ the neighbours ({r['neighbors']} per item). "
+            f"Valid NDCG@10 {r['fit']['valid_ndcg@10']:.4f}.",
+        ]
+    if q.get("repeats", {}).get("measured"):
+        lines.append(
+            f"Repeats: {q['repeats']['valid_targets_in_history']:.1%} of valid targets are already in the "
+            "shopper's history; the row 'seen items allowed + repeat term' is `recommend(..., exclude_seen=False)`."
+        )
+    if q.get("diversity"):
+        lines += ["", "| MMR λ | NDCG@10 | diversity@10 | cases |", "| ---: | ---: | ---: | ---: |"]
+        for d in q["diversity"]:
+            lines.append(f"| {d['lambda']:g} | {d['ndcg@10']:.4f} | {d['diversity@10']:.3f} | {d['cases']:,} |")
     if "parity" in q:
         par = q["parity"]
         lines += [

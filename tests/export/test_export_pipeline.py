@@ -79,15 +79,33 @@ def test_bundle_layout_and_manifest(exported, tiny_shop):
     con.close()
     assert n == len(tiny_shop.catalog) and pop_max == pytest.approx(1.0)
     q = json.loads((out / "quality.json").read_text())
+    names = list(q["models"])
+    # the naming contract tools read: one bundle row, the baselines by name, every row's metrics
+    assert [n for n in names if "bundle" in n] == ["student int8 hybrid (the bundle)"]
+    assert [n for n in names if "popularity" in n] == ["popularity"]
+    assert [n for n in names if "item-kNN" in n] == ["item-kNN"]
     for name in (
-        "popularity",
-        "item co-occurrence kNN",
         "zero-shot teacher (text design)",
-        "fine-tuned teacher fp32 + tower",
-        "student fp32 + tower",
-        "student int8 + tower (the bundle)",
+        *(f"{model} {kind}" for model in ("teacher fp32", "student fp32", "student int8") for kind in ("tower",)),
+        "teacher fp32 hybrid",
+        "student fp32 hybrid",
     ):
-        assert 0.0 <= q["models"][name]["ndcg@10"] <= 1.0, name
+        assert name in names, name
+    for name, row in q["models"].items():
+        for metric in ("ndcg@10", "recall@10", "recall@50", "coverage@10"):
+            assert 0.0 <= row[metric] <= 1.0, (name, metric)
+        assert row["diversity@10"] is not None and -1.0 <= row["diversity@10"] <= 2.0, name
+    assert isinstance(q["warnings"], list)
+    # the hybrid ranker: its fitted weights in the report and the manifest, its table in the catalog
+    r = m["ranker"]
+    assert r["kind"] == "hybrid-linear" and set(r["weights"]) == {"tower", "cooc", "popularity", "repeat"}
+    assert q["ranker"]["weights"] == r["weights"]
+    assert "Hybrid ranker (fitted on" in (out / "quality.md").read_text()
+    ids = np.load(out / "catalog/nbr.i32.npy")
+    w = np.load(out / "catalog/nbr.f16.npy")
+    assert ids.shape == w.shape and ids.shape[0] == len(tiny_shop.catalog) and ids.dtype == np.int32
+    assert m["files"]["catalog/nbr.i32.npy"] and ((ids >= 0) == (w > 0)).all()
+    assert [d["lambda"] for d in q["diversity"]] == [0.0, 0.2, 0.5]
     assert (Path(str(out) + ".baselines") / "encoder_fp32.onnx").is_file()
     assert not Path(str(out) + ".work").joinpath("nothing").exists()
 
@@ -199,3 +217,36 @@ def test_fp16_parity_gate_names_the_fp16_encoder():
     with pytest.raises(ParityError, match=r"^fp16 encoder \(against the fp32 student\) fails the parity gate"):
         parity_gate(figures, what="fp16 encoder (against the fp32 student)")
     parity_gate(figures, min_cos=0.9, what="fp16 encoder")  # passes: nothing raised
+
+
+def test_report_warns_loudly_when_a_baseline_wins():
+    """A shop where item-kNN out-ranks the bundle: a warning line per metric, in quality.json and quality.md."""
+    from shelfrank.export.pipeline import _warnings, render_quality
+
+    row = {"recall@10": 0.2, "recall@50": 0.4, "coverage@10": 0.5, "diversity@10": 0.3, "cases": 10}
+    models = {
+        "popularity": {**row, "ndcg@10": 0.01, "recall@10": 0.02, "recall@50": 0.05},
+        "item-kNN": {**row, "ndcg@10": 0.12, "recall@10": 0.25},
+        "student int8 hybrid (the bundle)": {**row, "ndcg@10": 0.10},
+    }
+    warnings = _warnings(models)
+    assert warnings == [
+        "WARNING: the bundle ranks below item-kNN on NDCG@10: 0.1000 < 0.1200",
+        "WARNING: the bundle ranks below item-kNN on Recall@10: 0.2000 < 0.2500",
+    ]
+    md = render_quality(
+        {
+            "dataset": "x",
+            "split": "leave-one-out",
+            "preset": "quick",
+            "n_items": 5,
+            "eval_cases": 10,
+            "eval_cases_total": 10,
+            "models": models,
+            "warnings": warnings,
+        }
+    )
+    assert "**WARNING: the bundle ranks below item-kNN on NDCG@10" in md
+    models["item-kNN"]["ndcg@10"] = 0.05
+    models["item-kNN"]["recall@10"] = 0.1
+    assert _warnings(models) == []
