@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from shelfrank import __version__
-from shelfrank.errors import ShelfrankError
+from shelfrank.errors import InputError, ShelfrankError
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -51,13 +53,37 @@ def _encoder_choice(bundle: str, board: str | None) -> dict:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.real_embeddings and not Path(args.real_embeddings).is_file():
+        raise InputError(f"--real-embeddings {args.real_embeddings}: no such file (a float32 (N, d) .npy)")
     if args.target == "kernel":
         from shelfrank.bench_kernel import main as bench_kernel_main
 
         return bench_kernel_main(args)
+    from shelfrank.device import bundle as bfmt
+
+    target = Path(args.target)
+    if not target.exists():
+        close = difflib.get_close_matches(args.target, ["kernel"], n=1, cutoff=0.6)
+        hint = "did you mean 'kernel'?" if close else "give 'kernel' or a bundle directory"
+        raise InputError(f"bench {args.target}: no such bundle directory; {hint}")
+    # every file the bench reads is checked first: a folder that is no bundle names what is missing
+    bfmt.verify_bundle(target, public_key=args.public_key)
+    if args.baselines and not Path(args.baselines).is_dir():
+        raise InputError(f"--baselines {args.baselines}: no such directory (the export's BUNDLE.baselines)")
     from shelfrank.bench_pipeline import main as bench_pipeline_main
 
     return bench_pipeline_main(args)
+
+
+def _int_list(text: str) -> str:
+    """An argparse type: comma-separated positive integers (kept as text for the bench modules)."""
+    try:
+        ok = all(int(x) >= 1 for x in text.split(","))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return text
 
 
 def _log_progress() -> None:
@@ -75,6 +101,18 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from shelfrank.extras import missing_extra, missing_extra_message
+
+    try:
+        return _export(args)
+    except ImportError as e:
+        name = missing_extra(e, "export")
+        if name is None:
+            raise  # not the extra: a bug, with its traceback
+        raise ShelfrankError(missing_extra_message("export", "shelfrank export", module=name)) from e
+
+
+def _export(args: argparse.Namespace) -> int:
     _log_progress()
     from shelfrank.export import data
     from shelfrank.export.pipeline import run_export
@@ -181,9 +219,9 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from shelfrank.flash import remote_call, status_local
+    from shelfrank.flash import SshTarget, make_target, remote_call, status_local
 
-    if args.prefix.startswith("ssh://"):
+    if isinstance(make_target(args.prefix), SshTarget):  # a malformed ssh:/… is refused, not a folder
         _print_json_or(args, remote_call(args.prefix, "status", args.python))
     else:
         _print_json_or(args, status_local(args.prefix))
@@ -191,9 +229,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from shelfrank.flash import remote_call, rollback_local
+    from shelfrank.flash import SshTarget, make_target, remote_call, rollback_local
 
-    if args.prefix.startswith("ssh://"):
+    if isinstance(make_target(args.prefix), SshTarget):  # a malformed ssh:/… is refused, not a folder
         _print_json_or(args, remote_call(args.prefix, "rollback", args.python))
     else:
         _print_json_or(args, rollback_local(args.prefix))
@@ -211,7 +249,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if args.no_tcp and not args.unix:
         raise ShelfrankError("--no-tcp needs --unix PATH (there would be nothing to listen on)")
-    rec = Recommender.open(args.bundle, board=args.board, public_key=args.public_key, state_dir=args.state_dir)
+    rec = Recommender.open(args.bundle, board=args.board, public_key=args.public_key, state_dir=args.state)
     try:
         service = Service(rec, board=args.board)
         servers = start(service, host=args.host, port=None if args.no_tcp else args.port, unix=args.unix)
@@ -228,6 +266,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     finally:
         rec.close()
     return 0
+
+
+def _state_option(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    """``--state DIR`` on every sub-command that has a state folder; ``--state-dir`` is its old name."""
+    p.add_argument(
+        "--state",
+        "--state-dir",
+        dest="state",
+        metavar="DIR",
+        required=required,
+        help="state folder (events, synced catalogs, trusted.pub)"
+        + (
+            "" if required else "; default: PREFIX/state for a flashed layout, else $SHELFRANK_STATE or $XDG_STATE_HOME"
+        ),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("bundle", help="bundle directory or PREFIX/current")
     sy.add_argument("source", help="http(s):// URL or directory of a published catalog")
     sy.add_argument("--public-key", help="trusted publisher key (default: state/trusted.pub, else unpinned)")
-    sy.add_argument("--state", help="state folder (default: PREFIX/state for a flashed layout)")
+    _state_option(sy)
     sy.set_defaults(func=_cmd_sync)
 
     fl = sub.add_parser("flash", help="flash a bundle to a board (A/B slots, verify, health check, switch)")
@@ -324,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     he = sub.add_parser("health", help="(on the target) verify a bundle, open it, answer one query")
     he.add_argument("bundle")
     he.add_argument("--public-key", required=True)
-    he.add_argument("--state", required=True)
+    _state_option(he, required=True)
     he.add_argument("--board")
     he.set_defaults(func=_cmd_health)
 
@@ -342,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("bundle", help="bundle directory or PREFIX/current")
     sv.add_argument("--board", help="board config (threads, onnxruntime providers); reported by /v1/status")
     sv.add_argument("--public-key", help="trusted publisher key (default: state/trusted.pub, else unpinned)")
-    sv.add_argument("--state-dir", help="state folder (default: PREFIX/state for a flashed layout)")
+    _state_option(sv)
     sv.add_argument("--host", default="127.0.0.1", help="TCP address to bind (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8377, help="TCP port (default 8377; 0 picks a free one, printed)")
     sv.add_argument("--unix", metavar="PATH", help="also listen on this Unix socket (mode 0660)")
@@ -359,8 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--public-key", help="trusted publisher key for the bundle (default: unpinned)")
     bench.add_argument("--board", help="board config the report compares this machine against")
     bench.add_argument("--plot", metavar="OUT.png", help="latency against catalog size per stage (matplotlib)")
-    bench.add_argument("--sizes", help="comma-separated catalog sizes (default 10000,100000,1000000)")
-    bench.add_argument("--threads", help="comma-separated thread counts (default 1,2)")
+    bench.add_argument("--sizes", type=_int_list, help="comma-separated catalog sizes (default 10000,100000,1000000)")
+    bench.add_argument("--threads", type=_int_list, help="comma-separated thread counts (default 1,2)")
     bench.add_argument("--repeats", type=int, default=None, help="timed repetitions per cell")
     bench.add_argument(
         "--real-embeddings",

@@ -173,7 +173,17 @@ class SshTarget(Target):
 
 
 def make_target(spec: str) -> Target:
-    return SshTarget(spec) if spec.startswith("ssh://") else DirTarget(spec)
+    """A target from ``DIR`` or ``ssh://user@host[:port]/path``.
+
+    Raises:
+        FlashError: a spec that starts like an ssh URL but is not one (``ssh:/x``, ``ssh:host``):
+            it would otherwise be a directory named ``ssh:`` here.
+    """
+    if spec.startswith("ssh://"):
+        return SshTarget(spec)
+    if spec.lower().startswith("ssh:"):
+        raise FlashError(f"{spec}: expected ssh://user@host[:port]/path (two slashes after 'ssh:')")
+    return DirTarget(spec)
 
 
 @dataclass
@@ -220,6 +230,9 @@ def flash(
         raise FlashError("--wheelhouse and --online go with --install-runtime")
     bundle = Path(bundle)
     cfg = load_board(board)
+    if not bundle.exists():  # named as such, not as its missing publisher.pub
+        raise bfmt.BundleError(f"{bundle}: no such bundle (the directory shelfrank export writes)")
+    bfmt.read_manifest(bundle)  # a file, or a folder without a manifest: said before any key is read
     key = bfmt.load_public_key(public_key if public_key is not None else bundle / bfmt.PUBLIC_KEY)
     manifest = bfmt.verify_bundle(bundle, public_key=key)
     kid = bfmt.key_id(key)
@@ -376,8 +389,30 @@ def health(bundle: str | Path, *, public_key: str | Path, state: str | Path, boa
         rec.close()
 
 
-def status_local(prefix: str | Path) -> dict:
+def check_prefix(prefix: str | Path) -> Path:
+    """``prefix`` when it is a flashed layout (``current``, ``slot_a`` or ``slot_b`` there).
+
+    Raises:
+        FlashError: no such directory, a file, a bundle directory, or a folder nothing was flashed to.
+    """
     prefix = Path(prefix)
+    if not prefix.is_dir():
+        what = "not a directory" if prefix.exists() else "no such directory"
+        raise FlashError(f"{prefix}: {what}; give the PREFIX a bundle was flashed to (flash --to)")
+    if any(os.path.lexists(prefix / n) for n in ("current", *SLOTS)):
+        return prefix
+    if (prefix / bfmt.MANIFEST).is_file():
+        raise FlashError(f"{prefix}: a bundle, not a flashed PREFIX; give the folder flash --to wrote (with current)")
+    raise FlashError(f"{prefix}: nothing flashed here (no current, slot_a or slot_b); give the PREFIX of flash --to")
+
+
+def status_local(prefix: str | Path) -> dict:
+    """What is flashed in ``prefix``: slots, versions, keys, last sync and flash.
+
+    Raises:
+        FlashError: ``prefix`` is not a flashed layout (:func:`check_prefix`).
+    """
+    prefix = check_prefix(prefix)
     out: dict = {"prefix": str(prefix)}
     try:
         out["current"] = os.readlink(prefix / "current")
