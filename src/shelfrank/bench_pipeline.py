@@ -1,9 +1,14 @@
 """``shelfrank bench BUNDLE``: the on-device pipeline, stage by stage, against the naive pipeline.
 
 Per stage (1 thread, batch 1, after warm-up; p50/p95/p99): for ``recommend`` with a 20-event
-history — history read, user tower, int8 top-k, end to end (cache cleared each time); for
-``search`` — tokenize, encode, top-k, end to end. The catalog is the bundle's, expanded to each
-size of the sweep (rows perturbed and re-quantised). Baselines in the same run: the naive
+history — history read, user tower, int8 top-k, end to end on the tower-only path (cache cleared
+each time); for ``search`` — tokenize, encode, top-k, end to end. The hybrid ranker against the
+tower-only path: ``recommend(ranker="hybrid")`` and ``recommend(ranker="tower")`` timed in the
+same run, interleaved call by call after warm-up, p50/p95 and their ratio, with the hybrid's extra
+stages timed inside its calls; the bundle's ranker entry, or default ``RankerParams()`` for a
+bundle without one (said in the report). The catalog is the bundle's, expanded to each size of
+the sweep (rows perturbed and re-quantised) with a full-size neighbour table (M from the bundle's
+table, else 50; its bytes against the int8 rows' bytes). Baselines in the same run: the naive
 pipeline (the fine-tuned teacher in torch fp32 over the history text at 128 tokens + a numpy fp32
 scan), when ``--baselines DIR`` holds the export's teacher and torch is installed. Also: import
 time, open time and peak RSS, each measured in a fresh process; and which text encoder the board
@@ -53,8 +58,31 @@ def time_calls(fn, runs: int, warmup: int = 5) -> dict[str, float]:
     return _stats(ts)
 
 
-def expand_catalog(base: CatalogData, n: int, *, seed: int = 0, noise: float = 0.05) -> CatalogData:
-    """``n`` items: the base catalog repeated, each copy's rows perturbed and re-quantised."""
+def time_interleaved(fns: dict[str, Any], runs: int, warmup: int = 5) -> dict[str, dict[str, float]]:
+    """p50/p95/p99 in ms of each of ``fns``, called in turn ``runs`` times after ``warmup`` rounds;
+    the order alternates every round, so that drift on a shared machine and whatever one call
+    leaves in the caches for the next fall on every function alike."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    ts: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(runs):
+        for name in names if i % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            fns[name]()
+            ts[name].append(time.perf_counter() - t0)
+    return {name: _stats(t) for name, t in ts.items()}
+
+
+DEFAULT_NEIGHBORS = 50  # what the export writes per item (the bundle's M wins when it has a table)
+
+
+def expand_catalog(
+    base: CatalogData, n: int, *, seed: int = 0, noise: float = 0.05, neighbors: int | None = None
+) -> CatalogData:
+    """``n`` items: the base catalog repeated, each copy's rows perturbed and re-quantised, with a
+    full-size neighbour table (see :func:`expand_neighbors`)."""
     rng = np.random.default_rng(seed)
     m = len(base.items)
     src = np.arange(n) % m
@@ -69,7 +97,43 @@ def expand_catalog(base: CatalogData, n: int, *, seed: int = 0, noise: float = 0
         if j >= m:
             it["item_id"] = f"{it['item_id']}~{j // m}"
         items.append(it)
-    return CatalogData(items, rows, scales)
+    return CatalogData(items, rows, scales, expand_neighbors(base, n, rng=rng, m=neighbors))
+
+
+def expand_neighbors(
+    base: CatalogData, n: int, *, rng: np.random.Generator, m: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The neighbour table of the expanded catalog (item j is copy j // N0 of base item j % N0).
+
+    With a base table: each copy keeps its base item's neighbour pattern, mapped into its own copy
+    (neighbour b of base item i becomes b + c·N0 in copy c, or b itself where that row is past
+    ``n``), weights and -1 padding as they are; M is the base table's. Without one (a bundle
+    exported before the hybrid ranker): ``m`` (default 50) distinct random neighbours per item
+    over the whole expanded catalog, never the item itself, with a decaying weight profile
+    (w_r = s / (1 + r), s log-normal per item). Uniform random ids make the largest candidate
+    union (the history items' lists overlap only by chance): a pessimistic case for the hybrid's
+    latency.
+    """
+    n0 = len(base.items)
+    if base.neighbors is not None:
+        bid, bw = (np.asarray(a) for a in base.neighbors)
+        src = np.arange(n) % n0
+        ids = bid[src].astype(np.int64)
+        shifted = ids + ((np.arange(n) // n0) * n0)[:, None]
+        ids = np.where((ids >= 0) & (shifted < n), shifted, ids)
+        return ids.astype(np.int32), np.ascontiguousarray(bw[src], np.float16)
+    m = DEFAULT_NEIGHBORS if m is None else int(m)
+    k = max(0, min(m, n - 1))
+    # distinct offsets 1..n-1 from each item: a cumulative sum of positive gaps that stays below n
+    gap = max(1, (n - 1) // max(k, 1))
+    offsets = np.cumsum(rng.integers(1, gap + 1, (n, k)), axis=1)
+    offsets = rng.permuted(offsets, axis=1)  # the strongest neighbour is anywhere in the catalog
+    ids = np.full((n, m), -1, np.int32)
+    ids[:, :k] = (np.arange(n)[:, None] + offsets) % n
+    w = np.zeros((n, m), np.float16)
+    scale = rng.lognormal(0.0, 0.5, (n, 1))
+    w[:, :k] = scale / (1.0 + np.arange(k))
+    return ids, w
 
 
 _PROBE = textwrap.dedent(
@@ -95,6 +159,9 @@ _PROBE = textwrap.dedent(
     t_open = time.perf_counter() - t0
     if catalog:
         rec._swap_catalog(catalog, 10**6)
+    if rec.ranker is None:  # the bench times the hybrid (default parameters) for a bundle without one
+        from shelfrank.device.ranker import RankerParams
+        rec.ranker = RankerParams()
     ids = rec.catalog.item_ids
     for i in range(20):
         rec.record("bench-user", ids[(i * 7919) % len(ids)], ("view", "click", "cart", "purchase")[i % 4])
@@ -235,7 +302,7 @@ def _one_size(
 
     def e2e():
         rec._cache.clear()
-        rec.recommend(user, k=10)
+        rec.recommend(user, k=10, ranker="tower")
 
     stages["recommend end to end"] = time_calls(e2e, runs)
     plain_topk, plain_session = recmod.topk, rec._tower
@@ -250,6 +317,17 @@ def _one_size(
     finally:
         rec._tower, recmod.topk = plain_session, plain_topk
     rest = float(np.median(rest_samples)) * 1e3
+    hybrid = _hybrid_vs_tower(rec, user, runs)
+    nid, nw = cat.neighbors
+    hybrid["neighbors"] = {
+        "m": int(nid.shape[1]),
+        "table_bytes": int(nid.nbytes + nw.nbytes),
+        "rows_bytes": int(cat.rows.nbytes),
+        "table_over_rows": (nid.nbytes + nw.nbytes) / cat.rows.nbytes,
+        "from": "the bundle's table, mapped into each copy"
+        if base.neighbors is not None
+        else "random (the bundle has none)",
+    }
     text = cat.item(int(picks[0])).title
     enc = rec.encoder
     feeds = enc.tokenize([text])
@@ -290,12 +368,88 @@ def _one_size(
         "rest_p50_ms": rest,
         "rest_share": rest / stages["recommend end to end"]["p50_ms"],
         "search": search,
+        "hybrid": hybrid,
         "baselines": base_stages,
         "naive": naive,
     }
     if isinstance(naive, dict):
         entry["speedup_vs_naive"] = naive["p50_ms"] / stages["recommend end to end"]["p50_ms"]
     return entry, cat_dir
+
+
+def _hybrid_vs_tower(rec, user: str, runs: int) -> dict[str, Any]:
+    """``recommend(k=10)`` by the hybrid and by the tower alone, interleaved; then the hybrid's
+    stages, timed where ``Recommender._hybrid`` calls them (functions wrapped in its module)."""
+    import shelfrank.device.recommender as recmod
+
+    def call(ranker: str):
+        def run():
+            rec._cache.clear()
+            rec.recommend(user, k=10, ranker=ranker)
+
+        return run
+
+    both = time_interleaved({"hybrid": call("hybrid"), "tower": call("tower")}, runs)
+    out: dict[str, Any] = {
+        **both,
+        "ratio_p50": both["hybrid"]["p50_ms"] / both["tower"]["p50_ms"],
+        "ratio_p95": both["hybrid"]["p95_ms"] / both["tower"]["p95_ms"],
+    }
+    # the stage split: each wrapped function adds its time to the call's tally
+    spent: dict[str, float] = {}
+    wrapped = {
+        "cooc_scores": "neighbour gather + unique + sums (cooc_scores)",
+        "topk": "int8 top-k of the tower's candidates",
+        "fuse": "fuse + sort",
+        "pop_feature": "fuse + sort",
+        "order": "fuse + sort",
+    }
+    plain = {name: getattr(recmod, name) for name in wrapped}
+    n_cand: list[int] = []
+
+    def timed(name):
+        fn = plain[name]
+
+        def run(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[wrapped[name]] = spent.get(wrapped[name], 0.0) + time.perf_counter() - t0
+                if name == "fuse":
+                    n_cand.append(len(a[1]))
+
+        return run
+
+    plain_hybrid = rec._hybrid
+
+    def timed_hybrid(*a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return plain_hybrid(*a, **kw)
+        finally:
+            spent["_hybrid"] = spent.get("_hybrid", 0.0) + time.perf_counter() - t0
+
+    samples: dict[str, list[float]] = {}
+    for name in wrapped:
+        setattr(recmod, name, timed(name))
+    rec._hybrid = timed_hybrid
+    try:
+        run = call("hybrid")
+        for _ in range(runs):
+            spent.clear()
+            run()
+            rest = spent.pop("_hybrid") - sum(spent.values())
+            spent["candidate union + dequantise + dot products (the rest of _hybrid)"] = rest
+            for name, t in spent.items():
+                samples.setdefault(name, []).append(t)
+    finally:
+        for name, fn in plain.items():
+            setattr(recmod, name, fn)
+        del rec._hybrid
+    out["stages_p50_ms"] = {name: float(np.median(t)) * 1e3 for name, t in samples.items()}
+    out["candidates"] = int(np.median(n_cand)) if n_cand else 0
+    return out
 
 
 def parse_profile(path: str | Path, *, skip_first_run: bool = True) -> dict[str, Any]:
@@ -403,6 +557,13 @@ def run_bench(
         # the board's providers choose the text encoder (fp16 on a GPU, else int8 on the CPU);
         # timings stay at 1 thread
         rec = Recommender.open(bundle, public_key=public_key, state_dir=tmp / "state", board=board, threads=1)
+        if rec.ranker is None:
+            from shelfrank.device.ranker import RankerParams
+
+            rec.ranker = RankerParams()
+            report["ranker"] = f"default {rec.ranker} (the bundle has no ranker entry)"
+        else:
+            report["ranker"] = f"the bundle's: {rec.ranker}"
         rng = np.random.default_rng(0)
         for n in sizes:
             entry, cat_dir = _one_size(rec, base, n, runs, tmp, rng, baselines, threads)
@@ -470,6 +631,7 @@ def render(report: dict[str, Any]) -> str:
                 f"| {n:,} | naive: teacher torch fp32 @128 + numpy fp32 scan | {nv['p50_ms']:.2f} | "
                 f"{nv['p95_ms']:.2f} | {nv['p99_ms']:.2f} |"
             )
+    lines += ["", *render_hybrid(report)]
     lines += ["", "| catalog | recommend p50 ms | rest share | × naive |", "| ---: | ---: | ---: | ---: |"]
     for n, e in report["sizes"].items():
         sp = f"{e['speedup_vs_naive']:.1f}×" if "speedup_vs_naive" in e else str(e["naive"])
@@ -477,6 +639,44 @@ def render(report: dict[str, Any]) -> str:
             f"| {n:,} | {e['recommend']['recommend end to end']['p50_ms']:.3f} | {e['rest_share']:.0%} | {sp} |"
         )
     return "\n".join(lines) + "\n"
+
+
+HYBRID_TARGET = 1.3  # issue 11: hybrid p50 ≤ 1.3× the tower-only path at 100k items, same run
+
+
+def render_hybrid(report: dict[str, Any]) -> list[str]:
+    """Markdown: the hybrid against the tower-only path, the neighbour table's size, the stage split."""
+    lines = [
+        "## Hybrid ranker against the tower-only path",
+        "",
+        f'`recommend(k=10)` with `ranker="hybrid"` and `ranker="tower"`, interleaved call by call in '
+        f"the same run (cache cleared each call); ranker: {report.get('ranker', '?')}. Target: hybrid "
+        f"p50 ≤ {HYBRID_TARGET}× the tower-only path at 100k; neighbour table ≤ 1× the int8 rows.",
+        "",
+        "| catalog | tower p50 ms | tower p95 ms | hybrid p50 ms | hybrid p95 ms | hybrid / tower p50 | p95 | "
+        "candidates | M | neighbour table MB | int8 rows MB | table / rows |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for n, e in report["sizes"].items():
+        h = e["hybrid"]
+        nb = h["neighbors"]
+        lines.append(
+            f"| {n:,} | {h['tower']['p50_ms']:.3f} | {h['tower']['p95_ms']:.3f} | {h['hybrid']['p50_ms']:.3f} | "
+            f"{h['hybrid']['p95_ms']:.3f} | **{h['ratio_p50']:.2f}×** | {h['ratio_p95']:.2f}× | {h['candidates']} | "
+            f"{nb['m']} | {nb['table_bytes'] / 1e6:.1f} | {nb['rows_bytes'] / 1e6:.1f} | {nb['table_over_rows']:.2f}× |"
+        )
+    first = next(iter(report["sizes"].values()))["hybrid"]["neighbors"]["from"]
+    lines += [
+        "",
+        f"Neighbour table: {first}. Stages of the hybrid, timed inside its calls (p50 ms each):",
+        "",
+        "| catalog | stage | p50 ms |",
+        "| ---: | :--- | ---: |",
+    ]
+    for n, e in report["sizes"].items():
+        for name, ms in e["hybrid"]["stages_p50_ms"].items():
+            lines.append(f"| {n:,} | {name} | {ms:.3f} |")
+    return lines
 
 
 def render_encoder(enc: dict[str, Any]) -> list[str]:
