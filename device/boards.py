@@ -27,16 +27,55 @@ __all__ = [
     "PRECISIONS",
     "BoardConfig",
     "BoardConfigError",
+    "BoardLimitError",
     "board_schema",
+    "check_bundle_memory",
+    "check_catalog_size",
+    "is_board_path",
     "load_board",
     "packaged_boards",
     "parse_board",
+    "read_board",
     "validate",
 ]
 
 
 class BoardConfigError(InputError):
     """A board config file is invalid; the message names the file and the key."""
+
+
+class BoardLimitError(InputError):
+    """A bundle or catalog is above a limit of the board config; the message names the limit and the board."""
+
+
+def check_catalog_size(cfg: BoardConfig, n_items: int, what: str) -> None:
+    """Refuse a catalog above the board's ``max_catalog_items`` (flash, open, sync call this).
+
+    Raises:
+        BoardLimitError: ``n_items`` > ``cfg.max_catalog_items``.
+    """
+    if n_items > cfg.max_catalog_items:
+        raise BoardLimitError(
+            f"{what}: {n_items:,} items, above board {cfg.name}'s max_catalog_items = {cfg.max_catalog_items:,} "
+            f"({cfg.source}); use a board config with a larger limit, or a smaller catalog"
+        )
+
+
+def check_bundle_memory(cfg: BoardConfig, nbytes: int, what: str) -> None:
+    """Refuse a bundle whose files alone exceed the board's ``memory_budget_mb``.
+
+    The runtime holds every file of a bundle in memory (the models, the tokenizer, the int8 rows and
+    the items), so their size is a lower bound of its RSS; the service's MemoryMax is twice the budget.
+
+    Raises:
+        BoardLimitError: ``nbytes`` > ``cfg.memory_budget_mb`` MiB.
+    """
+    budget = cfg.memory_budget_mb * 2**20
+    if nbytes > budget:
+        raise BoardLimitError(
+            f"{what}: its files take {nbytes / 2**20:,.0f} MiB, above board {cfg.name}'s memory_budget_mb = "
+            f"{cfg.memory_budget_mb:,} ({cfg.source}), and the runtime holds them all in memory"
+        )
 
 
 def validate(data: dict[str, Any], where: str) -> BoardConfig:
@@ -66,6 +105,12 @@ def packaged_boards() -> list[str]:
         return []
 
 
+def is_board_path(name_or_path: str | Path) -> bool:
+    """Whether ``--board`` names a file (``./tiny.toml``, ``boards/x``) rather than a packaged board."""
+    s = str(name_or_path)
+    return s.endswith(".toml") or "/" in s
+
+
 def load_board(name_or_path: str | Path) -> BoardConfig:
     """A packaged board by name, or a TOML file by path.
 
@@ -73,8 +118,17 @@ def load_board(name_or_path: str | Path) -> BoardConfig:
         UnknownBoardError: no such board (the message lists the packaged ones).
         BoardConfigError: the file is not valid TOML or breaks the schema.
     """
+    return read_board(name_or_path)[0]
+
+
+def read_board(name_or_path: str | Path) -> tuple[BoardConfig, str]:
+    """:func:`load_board`, with the TOML text it decoded (flash carries a board file to the target).
+
+    Raises:
+        UnknownBoardError, BoardConfigError: as :func:`load_board`.
+    """
     s = str(name_or_path)
-    if s.endswith(".toml") or "/" in s:
+    if is_board_path(s):
         path = Path(s)
         try:
             text = path.read_text(encoding="utf-8")
@@ -86,7 +140,7 @@ def load_board(name_or_path: str | Path) -> BoardConfig:
         if not res.is_file():
             raise UnknownBoardError(f"unknown board {s!r}; known: {', '.join(packaged_boards()) or 'none'}")
         text, where = res.read_text(encoding="utf-8"), f"firmware_configs/{s}.toml"
-    return parse_board(text, where)
+    return parse_board(text, where), text
 
 
 def parse_board(text: str, where: str) -> BoardConfig:

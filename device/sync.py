@@ -42,6 +42,7 @@ import numpy as np
 
 from shelfrank.device import bundle as bfmt
 from shelfrank.device import formats
+from shelfrank.device.boards import BoardConfig, check_catalog_size
 from shelfrank.device.catalog_files import FILES, NEIGHBOR_FILES, CatalogData, read_catalog_dir, write_catalog_dir
 from shelfrank.device.formats import DeltaChanges, DeltaRef, FileRef, IndexSigned, ItemRecord
 from shelfrank.errors import InputError, SyncError
@@ -596,7 +597,12 @@ def _fetch_snapshot(src, index: IndexSigned, store: CatalogStore) -> tuple[Catal
 
 
 def sync(
-    rec, url_or_dir: str | Path, *, now: _dt.datetime | None = None, limits: SyncLimits | None = None
+    rec,
+    url_or_dir: str | Path,
+    *,
+    now: _dt.datetime | None = None,
+    limits: SyncLimits | None = None,
+    board: BoardConfig | None = None,
 ) -> SyncResult:
     """Bring ``rec``'s catalog up to the publisher's newest version (see the module docstring).
 
@@ -605,6 +611,8 @@ def sync(
         url_or_dir: ``http(s)://`` base URL, ``file://`` URL or folder holding ``index.json``.
         now: the time the index's ``expires`` is compared with (timezone-aware; default: now).
         limits: download deadlines (default ``SyncLimits()``).
+        board: the board's limits: a catalog above its ``max_catalog_items`` is refused before
+            anything is downloaded (by the index's count) and again before it is installed.
 
     Raises:
         SignatureError: the index is not signed by the pinned publisher key.
@@ -612,6 +620,7 @@ def sync(
             download over its size or deadline, a hash failure, or content the catalog loader
             refuses. Whatever fails, the catalog that was serving keeps serving.
         InputError: ``now`` is naive.
+        BoardLimitError: the catalog is above the board's ``max_catalog_items``.
     """
     if now is not None and now.utcoffset() is None:
         raise InputError("now must be timezone-aware (e.g. datetime.now(timezone.utc))")
@@ -635,6 +644,8 @@ def sync(
         raise SyncError(f"{where}: published for another encoder than this bundle's")
     if index.dim != rec.dim:
         raise SyncError(f"{where}: dimension {index.dim} != bundle dimension {rec.dim}")
+    if board is not None and index.count is not None:
+        check_catalog_size(board, index.count, f"{where} (version {version})")
     store = CatalogStore(rec.state_dir)
     chain = _delta_chain(index, current)
     if chain:
@@ -650,6 +661,8 @@ def sync(
         raise SyncError(str(e)) from e
     if index.count is not None and len(data.items) != index.count:
         raise SyncError(f"{label}: {len(data.items)} items, the index says {index.count}; republish the catalog")
+    if board is not None:
+        check_catalog_size(board, len(data.items), label)
 
     from shelfrank.device.catalog import Catalog
 

@@ -165,10 +165,16 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 def _cmd_sync(args: argparse.Namespace) -> int:
     _log_progress()
     from shelfrank.device import Recommender
+    from shelfrank.device.sync import sync
 
-    rec = Recommender.open(args.bundle, public_key=args.public_key, state_dir=args.state)
+    cfg = None
+    if args.board:
+        from shelfrank.device.boards import load_board
+
+        cfg = load_board(args.board)
+    rec = Recommender.open(args.bundle, public_key=args.public_key, state_dir=args.state, board=args.board)
     try:
-        res = rec.sync(args.source)
+        res = sync(rec, args.source, board=cfg)
     finally:
         rec.close()
     print(
@@ -251,6 +257,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ShelfrankError("--no-tcp needs --unix PATH (there would be nothing to listen on)")
     rec = Recommender.open(args.bundle, board=args.board, public_key=args.public_key, state_dir=args.state)
     try:
+        if args.board:
+            from shelfrank.device.boards import check_catalog_size, load_board
+
+            check_catalog_size(load_board(args.board), len(rec.catalog), f"catalog version {rec.catalog.version}")
         service = Service(rec, board=args.board)
         servers = start(service, host=args.host, port=None if args.no_tcp else args.port, unix=args.unix)
         stop = threading.Event()
@@ -338,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("source", help="http(s):// URL or directory of a published catalog")
     sy.add_argument("--public-key", help="trusted publisher key (default: state/trusted.pub, else unpinned)")
     _state_option(sy)
+    sy.add_argument("--board", help="board config: its max_catalog_items refuses a larger catalog before download")
     sy.set_defaults(func=_cmd_sync)
 
     fl = sub.add_parser("flash", help="flash a bundle to a board (A/B slots, verify, health check, switch)")

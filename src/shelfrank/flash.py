@@ -50,6 +50,8 @@ class FlashError(ShelfrankError):
 
 
 SLOTS = ("slot_a", "slot_b")
+#: a board flashed from a file (``--board ./tiny.toml``) is carried here: the target has no copy of it
+BOARD_FILE = "state/board.toml"
 
 
 def sh_quote(word: str) -> str:
@@ -224,12 +226,13 @@ def flash(
     (offline unless ``online``) and health-check with it; see :mod:`shelfrank.runtime`.
     """
     from shelfrank import runtime
-    from shelfrank.device.boards import load_board
+    from shelfrank.device.boards import check_bundle_memory, check_catalog_size, is_board_path, read_board
 
     if (wheelhouse or online) and not install_runtime:
         raise FlashError("--wheelhouse and --online go with --install-runtime")
     bundle = Path(bundle)
-    cfg = load_board(board)
+    cfg, board_toml = read_board(board)
+    board_file = is_board_path(board)  # handed on as the file carried to the target, never by its name
     if not bundle.exists():  # named as such, not as its missing publisher.pub
         raise bfmt.BundleError(f"{bundle}: no such bundle (the directory shelfrank export writes)")
     bfmt.read_manifest(bundle)  # a file, or a folder without a manifest: said before any key is read
@@ -238,6 +241,8 @@ def flash(
     kid = bfmt.key_id(key)
     files = [*sorted(manifest.files), bfmt.MANIFEST, bfmt.SIGNATURE]
     size = sum((bundle / f).stat().st_size for f in files)
+    check_catalog_size(cfg, manifest.catalog.count, f"bundle {bundle}")
+    check_bundle_memory(cfg, size, f"bundle {bundle}")
     log(f"bundle {bundle}: verified ({len(files)} files, {size / 1e6:.1f} MB, key {kid[:16]}…), board {cfg.name}")
 
     t = make_target(to)
@@ -321,15 +326,16 @@ def flash(
         py, clean = rt.python, True
 
     pub_pem = bfmt.public_pem(key).decode()
+    carry_board = f"printf '%s' {_q(board_toml)} > {_q(partial)}.board.toml && " if board_file else ""
     health = t.sh(
-        f"printf '%s' {_q(pub_pem)} > {_q(partial)}.pub && "
+        f"printf '%s' {_q(pub_pem)} > {_q(partial)}.pub && {carry_board}"
         f"({runtime.CLEAN_PY if clean else 'true'}; "
         f"exec {_q(py)} -m shelfrank.cli health {_q(partial)} --public-key {_q(partial)}.pub --state {_q(p)}/state "
-        f"--board {_q(cfg.name)})",
+        f"--board {_q(f'{partial}.board.toml' if board_file else cfg.name)})",
         check=False,
     )
     if health.returncode != 0:
-        t.sh(f"rm -rf {_q(partial)} {_q(partial)}.pub", check=False)
+        t.sh(f"rm -rf {_q(partial)} {_q(partial)}.pub {_q(partial)}.board.toml", check=False)
         raise FlashError(
             f"{t.description}: health check of {slot} failed, {current or 'nothing'} stays current: "
             f"{(health.stderr or health.stdout).strip()[-800:]}"
@@ -352,7 +358,9 @@ def flash(
     t.sh(
         f"cd {_q(p)} && rm -rf {slot}.old && {{ [ ! -e {slot} ] || mv {slot} {slot}.old; }} && "
         f"mv {slot}.partial {slot} && mv {slot}.partial.pub state/trusted.pub.new && "
-        f"mv state/trusted.pub.new state/trusted.pub && {rt.switch_script() + ' && ' if rt else ''}"
+        f"mv state/trusted.pub.new state/trusted.pub && "
+        f"{f'mv {slot}.partial.board.toml {BOARD_FILE}' if board_file else f'rm -f {BOARD_FILE}'} && "
+        f"{rt.switch_script() + ' && ' if rt else ''}"
         f"ln -sfn {slot} current.new && mv -T current.new current && "
         f"rm -rf {slot}.old && printf '%s\\n' {_q(entry)} >> state/flash.log"
     )
@@ -363,19 +371,30 @@ def flash(
         res.runtime = rt.venv
         log(f"switched {p}/{runtime.VENV_LINK} → {rt.name}{' (reused)' if rt.reused else ''}")
     if service:  # only after the health check and the switch: a failed flash installs no service
-        res.service = svc.install(t, cfg, python=py, unit_dir=unit_dir, sync_url=sync_url, log=log)
+        on_target = f"{p}/{BOARD_FILE}" if board_file else cfg.name
+        res.service = svc.install(t, cfg, python=py, unit_dir=unit_dir, sync_url=sync_url, board=on_target, log=log)
     return res
 
 
 def health(bundle: str | Path, *, public_key: str | Path, state: str | Path, board: str | None) -> dict:
-    """Open the bundle as the device would and answer one query; returns what it saw."""
+    """Open the bundle as the device would and answer one query; returns what it saw.
+
+    Raises:
+        BoardLimitError: the catalog it serves (the bundle's, or a newer synced one) is above the
+            board's ``max_catalog_items``.
+        FlashError: the query returned nothing.
+    """
     import time
 
     from shelfrank.device import Recommender
+    from shelfrank.device.boards import check_catalog_size, load_board
 
     t0 = time.perf_counter()
+    cfg = load_board(board) if board is not None else None
     rec = Recommender.open(bundle, public_key=public_key, state_dir=state, board=board)
     try:
+        if cfg is not None:
+            check_catalog_size(cfg, len(rec.catalog), f"catalog version {rec.catalog.version} of {bundle}")
         got = rec.recommend("__health_check__", k=3)
         if not got:
             raise FlashError(f"{bundle}: health check query returned nothing")

@@ -3,11 +3,11 @@
 ``shelfrank flash … --service`` renders these from the board config and the install prefix and installs
 them once the bundle is flashed, health-checked and current (a failed flash installs nothing):
 
-- ``shelfrank.service``: ``shelfrank serve PREFIX/current --board NAME --state-dir PREFIX/state --host
+- ``shelfrank.service``: ``shelfrank serve PREFIX/current --board NAME --state PREFIX/state --host
   127.0.0.1 --port PORT --unix /run/shelfrank/serve.sock`` as the board's ``service_user``, restarted on
   failure, with the file system read-only except ``PREFIX/state``.
 - ``shelfrank-sync.service`` (oneshot) and ``shelfrank-sync.timer``: ``shelfrank sync PREFIX/current URL
-  --state PREFIX/state --public-key PREFIX/state/trusted.pub`` on the board's ``sync_schedule`` (an
+  --board NAME --state PREFIX/state --public-key PREFIX/state/trusted.pub`` on the board's ``sync_schedule`` (an
   OnCalendar expression) plus up to ``sync_random_delay_s``. Only when a sync URL is configured (the
   board config's ``sync_url`` or ``flash --sync-url``): the catalog is per shop, the configs per board.
 
@@ -252,10 +252,13 @@ def _memory(cfg: BoardConfig) -> list[str]:
     return [f"MemoryHigh={cfg.memory_budget_mb}M", f"MemoryMax={2 * cfg.memory_budget_mb}M"]
 
 
-def render_units(cfg: BoardConfig, prefix: str, *, command: Sequence[str], sync_url: str = "") -> dict[str, str]:
+def render_units(
+    cfg: BoardConfig, prefix: str, *, command: Sequence[str], sync_url: str = "", board: str | None = None
+) -> dict[str, str]:
     """The unit files' text by name: the service, plus the sync service and timer when ``sync_url``.
 
-    ``command`` starts shelfrank on the target (:func:`runtime_command`).
+    ``command`` starts shelfrank on the target (:func:`runtime_command`); ``board`` is the serve
+    unit's ``--board`` (default the config's name; flash passes the board file it carried).
 
     Raises:
         InputError: a prefix, user, URL or command a unit file cannot carry.
@@ -270,7 +273,8 @@ def render_units(cfg: BoardConfig, prefix: str, *, command: Sequence[str], sync_
     head = f"# Written by `shelfrank flash --service` for board {cfg.name}; flash again to change it.\n"
 
     # the pinned key, explicitly: a missing trusted.pub fails instead of serving unpinned
-    serve = [*command, "serve", current, "--board", cfg.name, "--state-dir", state]
+    board = _check_text(board or cfg.name, "board")
+    serve = [*command, "serve", current, "--board", board, "--state", state]
     serve += ["--public-key", f"{state}/trusted.pub"]
     serve += ["--host", "127.0.0.1", "--port", str(cfg.serve_port), "--unix", SOCKET_PATH]
     listen = f"127.0.0.1:{cfg.serve_port} and {SOCKET_PATH}"
@@ -311,7 +315,8 @@ def render_units(cfg: BoardConfig, prefix: str, *, command: Sequence[str], sync_
     if not sync_url:
         return units
     remote = sync_url.startswith(("http://", "https://"))
-    sync = [*command, "sync", current, sync_url, "--state", state, "--public-key", f"{state}/trusted.pub"]
+    sync = [*command, "sync", current, sync_url, "--board", board, "--state", state]
+    sync += ["--public-key", f"{state}/trusted.pub"]
     units[SYNC_SERVICE] = "\n".join(
         [
             head.rstrip("\n"),
@@ -366,6 +371,7 @@ def install(
     python: str,
     unit_dir: str | None = None,
     sync_url: str | None = None,
+    board: str | None = None,
     log: Callable[[str], None] = print,
 ) -> ServiceResult:
     """Install the units on ``target`` (a ``shelfrank.flash.Target``) after a successful flash.
@@ -374,6 +380,7 @@ def install(
         python: the python the health check ran on the target (used when no runtime is installed).
         unit_dir: where the unit files go (default ``/etc/systemd/system``).
         sync_url: overrides the board config's ``sync_url`` ("" = no timer).
+        board: ``--board`` for the serve unit (default the config's name).
 
     Raises:
         ServiceError: a step on the target failed (creating the user, writing the units, starting).
@@ -398,7 +405,7 @@ def install(
         command = runtime_command(prefix, py, runtime_installed=probe.get("RUNTIME") == "yes")
     except InputError as e:
         raise ServiceError(f"{target.description}: {python!r} is not on the target's PATH ({e})") from e
-    units = render_units(cfg, prefix, command=command, sync_url=url)
+    units = render_units(cfg, prefix, command=command, sync_url=url, board=board)
     names = list(units)
     gone = [n for n in (SYNC_SERVICE, SYNC_TIMER) if n not in units]
     root = probe.get("UID") == "0"

@@ -117,7 +117,7 @@ def test_units_verify_for_every_board(board, runtime, tmp_path):
         f"{prefix}/current",
         "--board",
         board,
-        "--state-dir",
+        "--state",
         f"{prefix}/state",
         "--public-key",
         f"{prefix}/state/trusted.pub",
@@ -133,6 +133,8 @@ def test_units_verify_for_every_board(board, runtime, tmp_path):
         "sync",
         f"{prefix}/current",
         URL,
+        "--board",
+        board,
         "--state",
         f"{prefix}/state",
         "--public-key",
@@ -140,7 +142,7 @@ def test_units_verify_for_every_board(board, runtime, tmp_path):
     ]
     # what the units run is what the CLI takes
     a = build_parser().parse_args(_exec_argv(serve)[len(start) :])
-    assert (a.command, a.bundle, a.board, a.state_dir, a.public_key, a.port, a.no_tcp) == (
+    assert (a.command, a.bundle, a.board, a.state, a.public_key, a.port, a.no_tcp) == (
         "serve",
         f"{prefix}/current",
         board,
@@ -150,9 +152,10 @@ def test_units_verify_for_every_board(board, runtime, tmp_path):
         False,
     )
     a = build_parser().parse_args(_exec_argv(sync)[len(start) :])
-    assert (a.command, a.source, a.state, a.public_key) == (
+    assert (a.command, a.source, a.board, a.state, a.public_key) == (
         "sync",
         URL,
+        board,
         f"{prefix}/state",
         f"{prefix}/state/trusted.pub",
     )
