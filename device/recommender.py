@@ -80,7 +80,12 @@ class Recommender:
             )
         self.max_events = tower.max_events
         # the hybrid ranker's parameters (None: a bundle without one ranks by the tower alone)
-        self.ranker = None if manifest.ranker is None else RankerParams.from_manifest(manifest.ranker)
+        self.ranker = None
+        if manifest.ranker is not None:
+            try:
+                self.ranker = RankerParams.from_manifest(manifest.ranker)
+            except BundleError as e:  # name the file: the entry alone does not say which bundle
+                raise BundleError(f"{bundle / bfmt.MANIFEST}: {e}; re-export the bundle") from e
         self._tower = make_session(bundle / tower.file, threads=threads, providers=providers)
         self._encoder: TextEncoder | None = None
         self._lock = threading.Lock()
@@ -328,7 +333,7 @@ class Recommender:
         steps = collapse(
             (index[e.item_id], ACTION_IDS[e.action]) for e in events[-self.max_events * 4 :] if e.item_id in index
         )
-        rows, scores = self._hybrid(cat, u, steps, pool, mask, seen, exclude_seen)
+        rows, scores = self._hybrid(cat, u, steps, pool, mask, seen, not exclude_seen)
         if diversity > 0 and len(rows) > 1:
             pick = mmr(rows, scores, cat.vectors(rows), k, float(diversity))
             rows, scores = rows[pick], scores[pick]
@@ -344,20 +349,24 @@ class Recommender:
         seen: frozenset[int],
         allow_seen: bool,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The k best rows by the fused score (device/ranker.py) and their scores, best first."""
+        """The k best rows by the fused score (device/ranker.py) and their scores, best first: the
+        candidates by the fused score, then (when they are fewer than k) the rest in tower order."""
         p = self.ranker
         h_rows, h_w = step_weights(steps, p)
         c_items, c_scores = cooc_scores(h_rows, h_w, cat.neighbor_ids, cat.neighbor_weights)
+        seen_rows = np.fromiter(seen, np.int64, len(seen))
         if seen and len(c_items):  # seen items are no candidates and do not set the scale
-            keep = ~np.isin(c_items, np.fromiter(seen, np.int64, len(seen)))
+            keep = ~np.isin(c_items, seen_rows)
             c_items, c_scores = c_items[keep], c_scores[keep]
         cmax = float(c_scores.max()) if len(c_scores) else 0.0
-        want = min(max(p.candidates, k) + len(seen), len(cat))
-        ids, _ = topk(u, cat.rows, want, scales=cat.scales, mask=mask, threads=self.threads)
-        t_rows = ids[ids >= 0].astype(np.int64)
+        # the tower's best `candidates` rows, then k more for the rest below the candidates
+        want = min(p.candidates + k + len(seen), len(cat))
+        ids, t_scores = topk(u, cat.rows, want, scales=cat.scales, mask=mask, threads=self.threads)
+        ok = ids >= 0
         if seen:
-            t_rows = t_rows[~np.isin(t_rows, np.fromiter(seen, np.int64, len(seen)))]
-        t_rows = t_rows[: max(p.candidates, k)]
+            ok &= ~np.isin(ids, seen_rows)
+        ids, t_scores = ids[ok].astype(np.int64), t_scores[ok]
+        t_rows = ids[: p.candidates]
         if mask is not None and len(c_items):
             c_ok = mask[c_items]
             c_in, c_sc = c_items[c_ok], c_scores[c_ok]
@@ -365,8 +374,9 @@ class Recommender:
             c_in, c_sc = c_items, c_scores
         parts = [t_rows, c_in]
         rep_rows = np.zeros(0, np.int64)
-        if allow_seen and p.w_repeat != 0 and len(h_rows):
-            rep_rows = h_rows if mask is None else h_rows[mask[h_rows]]
+        if allow_seen and len(h_rows):  # the recent items are candidates (as in the export), repeat or not
+            rep_rows = h_rows[h_w > 0]
+            rep_rows = rep_rows if mask is None else rep_rows[mask[rep_rows]]
             parts.append(rep_rows)
         cand = np.unique(np.concatenate(parts))
         if len(cand) == 0:
@@ -381,7 +391,14 @@ class Recommender:
             np.add.at(rep, np.searchsorted(cand, h_rows[np.isin(h_rows, cand)]), h_w[np.isin(h_rows, cand)])
         fused = fuse(p, tower.astype(np.float32), cooc, cmax, pop_feature(cat.popularity[cand]), rep)
         o = order(fused, cand)
-        return cand[o][: max(k, 0)], fused[o][: max(k, 0)]
+        rows, scores = cand[o][:k], fused[o][:k]
+        if len(rows) < k:  # the rest ranks below every candidate, in tower order (as hybrid_scores)
+            rest = ~np.isin(ids, cand)
+            more = k - len(rows)
+            low = np.float32(fused.min() - 2.0)  # tower ≤ 1: below the lowest candidate
+            rows = np.concatenate([rows, ids[rest][:more]])
+            scores = np.concatenate([scores, (t_scores[rest][:more] + low).astype(np.float32)])
+        return rows, scores
 
     def _diversify(self, cat: Catalog, items: list[Item], k: int, lam: float) -> list[Item]:
         if len(items) <= 1:

@@ -1,5 +1,6 @@
 """Shared pytest fixtures: where the real data lives; the tiny signed bundle (built without torch)
-and a recommender on it; a second tiny bundle that catalog updates are published for.
+and a recommender on it; its hybrid twin (a neighbour table and a ``ranker`` entry); a second tiny
+bundle that catalog updates are published for.
 
 ``SHELFRANK_TEST_BUNDLE`` (with its ``.pub`` key beside it, if any) replaces the tiny bundle, e.g.
 with a bundle built on another machine (how the emulated aarch64 run gets it)."""
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shelfrank.testing import build_device_bundle
+from shelfrank.testing import build_device_bundle, tiny_ranker
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,6 +45,23 @@ def rec(bundle_and_key, tmp_path):
 
     bundle, pub = bundle_and_key
     r = Recommender.open(bundle, public_key=pub, state_dir=tmp_path / "state")
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="session")
+def hybrid_bundle(tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny bundle with a co-occurrence neighbour table (8 per item) and the hybrid ranker entry
+    ``shelfrank.testing.tiny_ranker()``; its private key is ``../keys/publisher.key``."""
+    return build_device_bundle(tmp_path_factory.mktemp("hybrid-bundle"), neighbors=8, ranker=tiny_ranker())
+
+
+@pytest.fixture()
+def hybrid_rec(hybrid_bundle, tmp_path):
+    from shelfrank.device import Recommender
+
+    bundle, pub = hybrid_bundle
+    r = Recommender.open(bundle, public_key=pub, state_dir=tmp_path / "hybrid-state")
     yield r
     r.close()
 

@@ -5,6 +5,8 @@
   interfaces, made with ``onnx.helper`` (no torch): a mean-pooled embedding-table encoder (also
   as an fp16 graph with float32 output, like the export's ``--fp16`` encoder) and a
   recency/action-weighted mean user tower.
+- :func:`build_device_bundle`: a small signed bundle of the demo shop with them, optionally with a
+  co-occurrence neighbour table (:func:`cooccurrence_neighbors`) and a hybrid ``ranker`` entry.
 """
 
 from __future__ import annotations
@@ -119,13 +121,107 @@ def build_tiny_tower(path: str | Path, dim: int, max_events: int, *, decay: floa
     return _save(path, "tiny_tower", nodes, inputs, output, {"aw": action_w, "pw": pos_w})
 
 
+def cooccurrence_neighbors(seqs: list[list[tuple[int, int]]], n: int, m: int, *, window: int = 3):
+    """A neighbour table as the bundle stores it, from step sequences (no scipy): item i's ``m``
+    strongest co-occurring items, where two steps ``g`` ≤ ``window`` apart add ``1/g`` to both.
+
+    Returns (ids int32 (n, m), -1 padded; weights float16 (n, m), scaled so the largest is 1, 0
+    where padded). Strongest first, ties to the lower id; an item never seen with another has none.
+    """
+    co = np.zeros((n, n), np.float64)
+    for seq in seqs:
+        rows = [r for r, _ in seq]
+        for a in range(len(rows)):
+            for g in range(1, window + 1):
+                if a + g < len(rows) and rows[a] != rows[a + g]:
+                    co[rows[a], rows[a + g]] += 1.0 / g
+                    co[rows[a + g], rows[a]] += 1.0 / g
+    ids = np.full((n, m), -1, np.int32)
+    w = np.zeros((n, m), np.float16)
+    top = co.max() if co.size and co.max() > 0 else 1.0
+    for i in range(n):
+        nz = np.flatnonzero(co[i] > 0)
+        best = nz[np.lexsort((nz, -co[i, nz]))][:m]
+        ids[i, : len(best)] = best
+        w[i, : len(best)] = (co[i, best] / top).astype(np.float16)
+    w[ids < 0] = 0
+    ids[w == 0] = -1  # a weight that rounds to 0 in float16 is no neighbour (as the export writes it)
+    return ids, w
+
+
+def add_neighbors(bundle: str | Path, ids: np.ndarray, weights: np.ndarray, key_path: str | Path) -> dict:
+    """Write a neighbour table into the bundle's catalog (``nbr.i32.npy`` / ``nbr.f16.npy``, declared
+    as the catalog's ``nbr_ids`` / ``nbr_weights`` roles) and sign the bundle again; returns the manifest.
+
+    The arrays are written as given (a test may pass a damaged table: the runtime, not this, checks them).
+    """
+    from shelfrank.device.catalog_files import NEIGHBOR_FILES
+
+    bundle = Path(bundle)
+    np.save(bundle / "catalog" / NEIGHBOR_FILES["nbr_ids"], ids)
+    np.save(bundle / "catalog" / NEIGHBOR_FILES["nbr_weights"], weights)
+    return resign_bundle(bundle, key_path)
+
+
+def resign_bundle(bundle: str | Path, key_path: str | Path, edit=None) -> dict:
+    """Sign the bundle again after its files changed: the catalog's roles follow the files there (a
+    neighbour file removed leaves ``catalog.files``), every sub-hash is recomputed, ``edit`` (a
+    function of the manifest dict, returning it) runs last. Returns the signed manifest."""
+    from shelfrank.device import bundle as bfmt
+    from shelfrank.device.catalog_files import FILES, NEIGHBOR_FILES
+
+    bundle = Path(bundle)
+    manifest = json.loads((bundle / bfmt.MANIFEST).read_text())
+    cat = manifest["catalog"]
+    files = {role: f"catalog/{name}" for role, name in {**FILES, **NEIGHBOR_FILES}.items()}
+    cat["files"] = {role: rel for role, rel in files.items() if (bundle / rel).is_file()}
+    cat["sha256"] = {role: bfmt.sha256_file(bundle / rel) for role, rel in cat["files"].items()}
+    for entry in ("model", "tokenizer", "user_tower"):
+        manifest[entry]["sha256"] = bfmt.sha256_file(bundle / manifest[entry]["file"])
+    if edit is not None:
+        manifest = edit(manifest)
+    manifest.pop("files", None)
+    return bfmt.sign_bundle(bundle, manifest, bfmt.load_private_key(key_path))
+
+
+def tiny_ranker(**overrides) -> dict:
+    """The ``ranker`` manifest entry of the tiny hybrid bundle: every term weighted (repeat too), few
+    candidates and a short ``recent`` window, so that a test sees each part of the fused score."""
+    from dataclasses import replace
+
+    from shelfrank.device.ranker import RankerParams
+
+    base = RankerParams(
+        w_tower=1.0,
+        w_cooc=0.6,
+        w_pop=0.15,
+        w_repeat=0.4,
+        candidates=20,
+        recent=5,
+        decay=0.7,
+        action_weights=(0.5, 1.0, 2.0, 3.0),
+    )
+    return replace(base, **overrides).to_manifest()
+
+
 def build_device_bundle(
-    root: Path, *, n_items: int = 300, seed: int = 5, dim: int = 16, max_events: int = 6, fp16: bool = False
+    root: Path,
+    *,
+    n_items: int = 300,
+    seed: int = 5,
+    dim: int = 16,
+    max_events: int = 6,
+    fp16: bool = False,
+    neighbors: int = 0,
+    ranker: dict | None = None,
 ) -> tuple[Path, Path]:
     """A small signed bundle of the demo shop with the tiny ONNX encoder and tower (no torch).
 
     ``fp16`` adds the tiny encoder's float16 twin as the bundle's ``encoders.fp16`` (what
-    ``shelfrank export --fp16`` writes). Returns (bundle folder, publisher public key); the
+    ``shelfrank export --fp16`` writes). ``neighbors`` = M > 0 adds a co-occurrence neighbour
+    table of M neighbours per item built from the demo shop's sequences
+    (:func:`cooccurrence_neighbors`); ``ranker`` is the manifest's ``ranker`` entry
+    (``RankerParams(...).to_manifest()``). Returns (bundle folder, publisher public key); the
     private key is ``root/keys/publisher.key``.
     """
     from shelfrank.device import bundle as bfmt
@@ -163,7 +259,11 @@ def build_device_bundle(
         max_events=max_events,
         model={"layers": 0, "precision": "fp32"},
         encoders=encoders,
+        meta={} if ranker is None else {"ranker": ranker},
     )
+    if neighbors:
+        ids, w = cooccurrence_neighbors(ds.sequences(), len(texts), neighbors)
+        add_neighbors(root / "bundle", ids, w, key)
     return root / "bundle", pub
 
 
