@@ -721,3 +721,163 @@ def test_dir_source_file_larger_than_signed_size(rec, published, tmp_path):
     with pytest.raises(SyncError, match="larger than its signed size"):
         rec.sync(cdn)
     assert not list((rec.state_dir / "downloads").glob("*.part"))
+
+
+# ---- issue 11: the hybrid ranker's neighbour table through sync ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def hybrid_published(tmp_path_factory):
+    """A hybrid bundle (a neighbour table, a ranker entry) and a publish folder with version 2: the
+    first three rows removed, row 3's price and row 4's title changed (re-embedded), NEW-1 added."""
+    from shelfrank.testing import build_device_bundle, publish_records, tiny_ranker
+
+    root = tmp_path_factory.mktemp("hybrid-sync")
+    bundle, pub = build_device_bundle(root, n_items=120, seed=9, neighbors=6, ranker=tiny_ranker())
+    r = Recommender.open(bundle, public_key=pub, state_dir=root / "s0")
+    fields = ("item_id", "title", "category", "brand", "price", "in_stock")
+    records = [{f: getattr(r.catalog.item(i), f) for f in fields} for i in range(len(r.catalog))]
+    old_ids = list(r.catalog.item_ids)
+    old_nbr = [list(map(int, ids)) for ids in r.catalog.neighbor_ids]
+    old_w = r.catalog.neighbor_weights.copy()
+    r.close()
+    v2 = [dict(x) for x in records[3:]]
+    v2[0]["price"] = 1.23
+    v2[1]["title"] = "Nimbus Trail Tent Remastered"
+    v2.append(
+        dict(item_id="NEW-1", title="Aurora Quantum Espresso Grinder", category="Kitchen", brand="Aurora", price=99.0)
+    )
+    v2[-1]["in_stock"] = True
+    cdn = root / "cdn"
+    publish_records(bundle, cdn, v2, root / "keys" / "publisher.key")
+    # old neighbours by item id, in their order, with weights
+    before = {
+        old_ids[i]: [(old_ids[j], float(old_w[i, c])) for c, j in enumerate(old_nbr[i]) if j >= 0]
+        for i in range(len(old_ids))
+    }
+    return dict(
+        bundle=bundle,
+        pub=pub,
+        key=bfmt.load_private_key(root / "keys" / "publisher.key"),
+        dir=cdn,
+        removed=old_ids[:3],
+        before=before,
+    )
+
+
+@pytest.fixture()
+def hrec(hybrid_published, tmp_path):
+    r = Recommender.open(hybrid_published["bundle"], public_key=hybrid_published["pub"], state_dir=tmp_path / "st")
+    yield r
+    r.close()
+
+
+def _neighbours_by_id(cat) -> dict[str, list[tuple[str, float]]]:
+    ids, w = cat.neighbors
+    return {
+        cat.item_ids[i]: [(cat.item_ids[j], float(w[i, c])) for c, j in enumerate(ids[i].tolist()) if j >= 0]
+        for i in range(len(cat))
+    }
+
+
+def _assert_same_neighbours(cat, published) -> None:
+    """Every neighbour names the item it named before; a removed item is gone from every list (the
+    rest keep their order and weights); a new item has none; the padding is at the end."""
+    removed = set(published["removed"])
+    now = _neighbours_by_id(cat)
+    for item_id, nbrs in now.items():
+        if item_id == "NEW-1":
+            assert nbrs == []
+            continue
+        assert nbrs == [(j, w) for j, w in published["before"][item_id] if j not in removed], item_id
+    ids, w = cat.neighbors
+    assert ((ids >= 0) == (w > 0)).all()
+    assert (np.diff((ids < 0).astype(int), axis=1) >= 0).all()  # -1 only after the last neighbour
+    assert any(j in removed for nbrs in published["before"].values() for j, _ in nbrs)  # the test bites
+
+
+def test_a_delta_keeps_every_neighbour_on_its_item(hrec, hybrid_published):
+    before = _neighbours_by_id(hrec.catalog)
+    assert before == {k: v for k, v in hybrid_published["before"].items()}
+    res = hrec.sync(hybrid_published["dir"])
+    assert (res.method, res.to_version) == ("delta", 2)
+    cat = hrec.catalog
+    assert cat.item_ids[:3] != list(hybrid_published["before"])[:3]  # rows renumbered
+    _assert_same_neighbours(cat, hybrid_published)
+    # and so does the table the device wrote: reopened from the state folder
+    r = Recommender.open(hybrid_published["bundle"], public_key=hybrid_published["pub"], state_dir=hrec.state_dir)
+    try:
+        assert r.catalog.version == 2
+        _assert_same_neighbours(r.catalog, hybrid_published)
+    finally:
+        r.close()
+
+
+def test_a_removed_item_never_comes_back_as_a_candidate(hrec, hybrid_published):
+    """A shopper whose recent items had a removed item as a neighbour: after the sync the
+    co-occurrence candidates are exactly the remaining neighbours (by id), never the removed one
+    nor the item that took over its row."""
+    from shelfrank.device.ranker import cooc_scores, step_weights
+
+    removed = set(hybrid_published["removed"])
+    before = hybrid_published["before"]
+    hist = [i for i, nbrs in before.items() if i not in removed and any(j in removed for j, _ in nbrs)][:3]
+    assert hist
+    for t, item_id in enumerate(hist):
+        hrec.record("shopper", item_id, "view", ts=100.0 + t)
+    hrec.sync(hybrid_published["dir"])
+    cat = hrec.catalog
+    steps = [(cat.index[i], 0) for i in hist]
+    items, _ = cooc_scores(*step_weights(steps, hrec.ranker), cat.neighbor_ids, cat.neighbor_weights)
+    want = {j for i in hist for j, _ in before[i] if j not in removed}
+    assert {cat.item_ids[r] for r in items} == want
+    got = hrec.recommend("shopper", k=len(cat), exclude_seen=False)
+    assert not removed & {it.item_id for it in got} and len(got) == len(cat)
+
+
+def test_an_item_added_by_a_delta_is_recommendable(hrec, hybrid_published):
+    hrec.sync(hybrid_published["dir"])
+    cat = hrec.catalog
+    new = cat.index["NEW-1"]
+    assert (cat.neighbor_ids[new] == -1).all()  # a text row only: no neighbours until the next export
+    # from the tower: a shopper who looked at the items closest to it gets it
+    for t, it in enumerate(hrec.similar("NEW-1", k=3)):
+        hrec.record("near", it.item_id, "click", ts=100.0 + t)
+    tower = hrec.recommend("near", k=20, ranker="tower")
+    assert tower[0].item_id == "NEW-1"
+    # a candidate of the hybrid (the tower's top N), scored w_tower · cosine: no neighbours, and
+    # the publisher gives a new item popularity 0
+    hybrid = {it.item_id: it.score for it in hrec.recommend("near", k=hrec.ranker.candidates)}
+    assert hybrid["NEW-1"] == pytest.approx(hrec.ranker.w_tower * tower[0].score, abs=0.02)
+    # a shopper whose only item is the new one: the hybrid falls back to tower and popularity
+    hrec.record("only-new", "NEW-1", "purchase", ts=100.0)
+    got = hrec.recommend("only-new", k=10)
+    assert len(got) == 10 and "NEW-1" not in [it.item_id for it in got]
+    assert "NEW-1" == hrec.recommend("only-new", k=1, exclude_seen=False)[0].item_id  # its own row, repeat
+    assert [it.item_id for it in hrec.recommend("x", k=3, where={"allow_ids": ["NEW-1"]})] == ["NEW-1"]
+
+
+def test_a_snapshot_sync_keeps_the_table(hrec, hybrid_published, tmp_path):
+    from shelfrank.device.catalog_files import NEIGHBOR_FILES
+
+    cdn = tmp_path / "cdn"
+    shutil.copytree(hybrid_published["dir"], cdn)
+    idx = json.loads((cdn / "index.json").read_text())
+    names = {Path(f["path"]).name for f in idx["signed"]["snapshot"]["files"]}
+    assert set(NEIGHBOR_FILES.values()) <= names  # the publisher's snapshot carries the table
+    idx["signed"]["deltas"] = []
+    (cdn / "index.json").write_bytes(_resign(idx["signed"], hybrid_published["key"]))
+    res = hrec.sync(cdn)
+    assert (res.method, res.to_version) == ("snapshot", 2)
+    _assert_same_neighbours(hrec.catalog, hybrid_published)
+    for name in NEIGHBOR_FILES.values():
+        assert (hrec.catalog.root / name).is_file()
+
+
+def test_a_catalog_without_a_table_syncs_without_one(rec, published):
+    """The tiny bundle has no neighbour table: a delta leaves it without one, and ranking works."""
+    assert rec.catalog.neighbors is None
+    rec.sync(published["dir"])
+    assert rec.catalog.neighbors is None
+    rec.record("u", "NEW-1", "view")
+    assert len(rec.recommend("u", k=5)) == 5
