@@ -351,12 +351,16 @@ class Recommender:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k best rows by the fused score (device/ranker.py) and their scores, best first: the
         candidates by the fused score, then (when they are fewer than k) the rest in tower order."""
+        # Every step below works on a few hundred to a few thousand candidates, where numpy's
+        # general-purpose set routines (hash-based np.unique, np.isin's pass per seen row) and a
+        # full sort cost more than the arithmetic: sorted arrays, binary searches and a sort of
+        # only the best instead. The result is the same, bit for bit.
         p = self.ranker
         h_rows, h_w = step_weights(steps, p)
         c_items, c_scores = cooc_scores(h_rows, h_w, cat.neighbor_ids, cat.neighbor_weights)
-        seen_rows = np.fromiter(seen, np.int64, len(seen))
+        seen_rows = np.sort(np.fromiter(seen, np.int64, len(seen)))
         if seen and len(c_items):  # seen items are no candidates and do not set the scale
-            keep = ~np.isin(c_items, seen_rows)
+            keep = ~_member(c_items, seen_rows)
             c_items, c_scores = c_items[keep], c_scores[keep]
         cmax = float(c_scores.max()) if len(c_scores) else 0.0
         # the tower's best `candidates` rows, then k more for the rest below the candidates
@@ -364,7 +368,7 @@ class Recommender:
         ids, t_scores = topk(u, cat.rows, want, scales=cat.scales, mask=mask, threads=self.threads)
         ok = ids >= 0
         if seen:
-            ok &= ~np.isin(ids, seen_rows)
+            ok &= ~_member(ids, seen_rows)
         ids, t_scores = ids[ok].astype(np.int64), t_scores[ok]
         t_rows = ids[: p.candidates]
         if mask is not None and len(c_items):
@@ -378,9 +382,11 @@ class Recommender:
             rep_rows = h_rows[h_w > 0]
             rep_rows = rep_rows if mask is None else rep_rows[mask[rep_rows]]
             parts.append(rep_rows)
-        cand = np.unique(np.concatenate(parts))
+        cand = np.concatenate(parts)
         if len(cand) == 0:
             return cand, np.zeros(0, np.float32)
+        cand.sort()  # the union, ascending (as np.unique gives it)
+        cand = cand[np.concatenate(([True], cand[1:] != cand[:-1]))]
         tower = cat.vectors(cand) @ u
         cooc = np.zeros(len(cand), np.float32)
         if len(c_in):
@@ -388,12 +394,13 @@ class Recommender:
         rep = 0.0
         if len(rep_rows):
             rep = np.zeros(len(cand), np.float32)
-            np.add.at(rep, np.searchsorted(cand, h_rows[np.isin(h_rows, cand)]), h_w[np.isin(h_rows, cand)])
+            inc = _member(h_rows, cand)
+            np.add.at(rep, np.searchsorted(cand, h_rows[inc]), h_w[inc])
         fused = fuse(p, tower.astype(np.float32), cooc, cmax, pop_feature(cat.popularity[cand]), rep)
-        o = order(fused, cand)
-        rows, scores = cand[o][:k], fused[o][:k]
+        o = _best(fused, cand, k)
+        rows, scores = cand[o], fused[o]
         if len(rows) < k:  # the rest ranks below every candidate, in tower order (as hybrid_scores)
-            rest = ~np.isin(ids, cand)
+            rest = ~_member(ids, cand)
             more = k - len(rows)
             low = np.float32(fused.min() - 2.0)  # tower ≤ 1: below the lowest candidate
             rows = np.concatenate([rows, ids[rest][:more]])
@@ -445,6 +452,24 @@ class Recommender:
 
     def close(self) -> None:
         self.events.close()
+
+
+def _member(a: np.ndarray, sorted_b: np.ndarray) -> np.ndarray:
+    """``np.isin(a, sorted_b)`` for a sorted, non-empty ``sorted_b``: one binary search per element."""
+    pos = np.minimum(np.searchsorted(sorted_b, a), len(sorted_b) - 1)
+    return sorted_b[pos] == a
+
+
+def _best(scores: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """``order(scores, rows)[:k]`` sorting only what can be among the k best: every entry scoring
+    at least the k-th best score (ties included), then ordered by the same rule."""
+    if k >= len(scores):
+        return order(scores, rows)
+    kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+    if not np.isfinite(kth):  # NaN sorts last in both; leave such an input to the full order
+        return order(scores, rows)[:k]
+    sel = np.flatnonzero(scores >= kth)
+    return sel[order(scores[sel], rows[sel])][:k]
 
 
 def _board_settings(board: str) -> tuple[int, list | None, list | None]:

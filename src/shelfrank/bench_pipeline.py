@@ -402,7 +402,8 @@ def _hybrid_vs_tower(rec, user: str, runs: int) -> dict[str, Any]:
         "topk": "int8 top-k of the tower's candidates",
         "fuse": "fuse + sort",
         "pop_feature": "fuse + sort",
-        "order": "fuse + sort",
+        # the sort: its partial form where the module has one (it calls order: wrap one of them)
+        "_best" if hasattr(recmod, "_best") else "order": "fuse + sort",
     }
     plain = {name: getattr(recmod, name) for name in wrapped}
     n_cand: list[int] = []
