@@ -28,11 +28,13 @@ __all__ = [
     "BoardConfig",
     "BoardConfigError",
     "BoardLimitError",
+    "board_arch",
     "board_schema",
     "check_bundle_memory",
     "check_catalog_size",
     "is_board_path",
     "load_board",
+    "normalise_arch",
     "packaged_boards",
     "parse_board",
     "read_board",
@@ -46,6 +48,22 @@ class BoardConfigError(InputError):
 
 class BoardLimitError(InputError):
     """A bundle or catalog is above a limit of the board config; the message names the limit and the board."""
+
+
+#: the CPU architecture (``uname -m``, normalised) each kernel ISA path runs on; scalar runs anywhere
+_ISA_ARCH = {"avx2": "x86_64", "avxvnni": "x86_64", "avx512vnni": "x86_64", "neon": "aarch64", "neon_dot": "aarch64"}
+_ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64"}
+
+
+def board_arch(cfg: BoardConfig) -> str | None:
+    """The architecture the board's ``expected_isa`` implies (``x86_64``, ``aarch64``), or None (scalar: any)."""
+    return _ISA_ARCH.get(cfg.expected_isa)
+
+
+def normalise_arch(machine: str) -> str:
+    """``uname -m`` / ``platform.machine()`` in one spelling (``arm64`` is ``aarch64``, ``amd64`` ``x86_64``)."""
+    m = machine.strip().lower()
+    return _ARCH_ALIASES.get(m, m)
 
 
 def check_catalog_size(cfg: BoardConfig, n_items: int, what: str) -> None:

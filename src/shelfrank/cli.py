@@ -207,6 +207,7 @@ def _cmd_flash(args: argparse.Namespace) -> int:
         install_runtime=args.install_runtime,
         wheelhouse=args.wheelhouse,
         online=args.online,
+        allow_arch_mismatch=args.allow_arch_mismatch,
     )
     print(
         f"flashed {args.bundle} to {res.target}: {res.slot} is current (previous: {res.previous or 'none'}); "
@@ -382,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fl.add_argument(
         "--online", action="store_true", help="--install-runtime: pip may also use the board's package index"
+    )
+    fl.add_argument(
+        "--allow-arch-mismatch",
+        action="store_true",
+        help="flash although the board's expected_isa implies another architecture than the target's "
+        "(refused over ssh, warned for a DIR)",
     )
     fl.set_defaults(func=_cmd_flash)
 

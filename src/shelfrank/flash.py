@@ -213,6 +213,7 @@ def flash(
     install_runtime: bool = False,
     wheelhouse: list[str | Path] | None = None,
     online: bool = False,
+    allow_arch_mismatch: bool = False,
     log: Callable[[str], None] = print,
 ) -> FlashResult:
     """Flash ``bundle`` to ``to`` (see the module docstring).
@@ -224,9 +225,20 @@ def flash(
 
     ``install_runtime``: make a venv with shelfrank on the target from the wheels in ``wheelhouse``
     (offline unless ``online``) and health-check with it; see :mod:`shelfrank.runtime`.
+
+    The board's ``expected_isa`` implies an architecture: an ssh target of another one (``uname -m``)
+    is refused and a directory on a machine of another one is warned about (it may be a board's
+    root mounted here), unless ``allow_arch_mismatch``.
     """
     from shelfrank import runtime
-    from shelfrank.device.boards import check_bundle_memory, check_catalog_size, is_board_path, read_board
+    from shelfrank.device.boards import (
+        board_arch,
+        check_bundle_memory,
+        check_catalog_size,
+        is_board_path,
+        normalise_arch,
+        read_board,
+    )
 
     if (wheelhouse or online) and not install_runtime:
         raise FlashError("--wheelhouse and --online go with --install-runtime")
@@ -272,11 +284,18 @@ def flash(
         f"mkdir -p {_q(p)} 2>/dev/null; cd {_q(p)} 2>/dev/null || {{ echo NODIR; exit 0; }}; "
         f"echo CUR=$(readlink current 2>/dev/null); "
         f"echo FREE=$(df -Pk . | awk 'NR==2 {{print $4}}'); "
-        f"echo PIN=$(base64 -w0 state/trusted.pub 2>/dev/null); " + py_probe
+        f"echo PIN=$(base64 -w0 state/trusted.pub 2>/dev/null); echo ARCH=$(uname -m); " + py_probe
     ).stdout
     if "NODIR" in probe:
         raise FlashError(f"{t.description}: cannot create or enter {p}")
     info = dict(line.split("=", 1) for line in probe.splitlines() if "=" in line)
+    want_arch, arch = board_arch(cfg), normalise_arch(info.get("ARCH", ""))
+    if want_arch and arch and arch != want_arch and not allow_arch_mismatch:
+        what = f"board {cfg.name} expects {want_arch} (expected_isa {cfg.expected_isa}), but {t.description} is {arch}"
+        if isinstance(t, SshTarget):
+            raise FlashError(f"{what}; flash the board config of that machine, or pass --allow-arch-mismatch")
+        # a directory may be a board's root mounted or emulated here: said, not refused
+        log(f"warning: {what} (this machine); fine for a board's root mounted here, else use its board config")
     rt = None
     clean = False  # run the health check without this shell's PYTHONPATH (a runtime venv's python)
     if install_runtime:

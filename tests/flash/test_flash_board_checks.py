@@ -125,3 +125,21 @@ def test_bundle_files_above_the_memory_budget(tmp_path):
     check_bundle_memory(cfg, 16 * 2**20, "bundle b")
     with pytest.raises(BoardLimitError, match=r"bundle b: its files take 17 MiB, above board small's memory_budget_mb"):
         check_bundle_memory(cfg, 17 * 2**20, "bundle b")
+
+
+def test_a_board_of_another_architecture_is_warned_about_for_a_directory(signed, tmp_path):
+    """Defect 7: a directory may be a board's root mounted here, so a warning, not a refusal."""
+    import platform
+
+    other = "rpi5" if platform.machine() == "x86_64" else "x86-64-dev"
+    logs: list[str] = []
+    flash(signed[0], str(tmp_path / "a"), board=other, log=logs.append)
+    warned = [m for m in logs if m.startswith("warning: ")]
+    assert len(warned) == 1 and f"board {other} expects" in warned[0], logs
+    logs.clear()
+    flash(signed[0], str(tmp_path / "b"), board=other, allow_arch_mismatch=True, log=logs.append)
+    assert not [m for m in logs if m.startswith("warning: ")]
+    logs.clear()
+    here = "x86-64-dev" if platform.machine() == "x86_64" else "rpi5"
+    flash(signed[0], str(tmp_path / "c"), board=here, log=logs.append)
+    assert not [m for m in logs if m.startswith("warning: ")]

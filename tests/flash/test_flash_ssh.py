@@ -35,8 +35,8 @@ def ssh_env(sshd, monkeypatch):
 def test_flash_status_rollback_over_ssh(signed, ssh_env, tmp_path):
     bundle, pub, _ = signed
     url = ssh_env.url(str(tmp_path / "board"))
-    r1 = flash(bundle, url, board="rpi5", python=sys.executable, log=lambda _m: None)
-    r2 = flash(bundle, url, board="rpi5", python=sys.executable, log=lambda _m: None)
+    r1 = flash(bundle, url, board="x86-64-dev", python=sys.executable, log=lambda _m: None)
+    r2 = flash(bundle, url, board="x86-64-dev", python=sys.executable, log=lambda _m: None)
     assert (r1.slot, r2.slot, r2.previous) == ("slot_a", "slot_b", "slot_a")
     st = remote_call(url, "status", sys.executable)
     assert st["current"] == "slot_b" and st["trusted_key_id"] == bfmt.key_id(bfmt.load_public_key(pub))
@@ -49,13 +49,19 @@ def test_unreachable_target_changes_nothing(signed, tmp_path, monkeypatch, sshd)
         monkeypatch.setenv(k, v)
     url = f"ssh://{sshd.user}@127.0.0.1:9{tmp_path.as_posix()}/board"  # nothing listens on port 9
     with pytest.raises(FlashError, match="unreachable"):
-        flash(signed[0], url, board="rpi5", python=sys.executable, log=lambda _m: None)
+        flash(signed[0], url, board="x86-64-dev", python=sys.executable, log=lambda _m: None)
     assert not (tmp_path / "board").exists()
 
 
 def test_target_without_python(signed, ssh_env, tmp_path):
     with pytest.raises(FlashError, match="cannot import"):
-        flash(signed[0], ssh_env.url(str(tmp_path / "b")), board="rpi5", python="/usr/bin/false", log=lambda _m: None)
+        flash(
+            signed[0],
+            ssh_env.url(str(tmp_path / "b")),
+            board="x86-64-dev",
+            python="/usr/bin/false",
+            log=lambda _m: None,
+        )
 
 
 RELAY = textwrap.dedent(
@@ -97,13 +103,13 @@ def test_connection_dropped_mid_copy_then_resume(signed, sshd, tmp_path, monkeyp
     cfg.write_text(sshd.ssh_config.read_text() + f"\n  ProxyCommand {sys.executable} {relay} %h %p {pidfile}\n")
     monkeypatch.setenv("SHELFRANK_SSH_CONFIG", str(cfg))
     url = sshd.url(str(tmp_path / "board"))
-    flash(bundle, url, board="rpi5", python=sys.executable, log=lambda _m: None)  # slot_a serving
+    flash(bundle, url, board="x86-64-dev", python=sys.executable, log=lambda _m: None)  # slot_a serving
 
     errors: list[BaseException] = []
 
     def run():
         try:
-            flash(big, url, board="rpi5", python=sys.executable, log=lambda _m: None)
+            flash(big, url, board="x86-64-dev", python=sys.executable, log=lambda _m: None)
         except BaseException as e:
             errors.append(e)
 
@@ -119,7 +125,7 @@ def test_connection_dropped_mid_copy_then_resume(signed, sshd, tmp_path, monkeyp
     assert errors and isinstance(errors[0], FlashError) and "interrupted" in str(errors[0]), errors
     assert os.readlink(tmp_path / "board" / "current") == "slot_a"  # still serving the old slot
     monkeypatch.setenv("SHELFRANK_SSH_CONFIG", str(sshd.ssh_config))  # a good link again
-    res = flash(big, url, board="rpi5", python=sys.executable, log=lambda _m: None)
+    res = flash(big, url, board="x86-64-dev", python=sys.executable, log=lambda _m: None)
     assert res.slot == "slot_b" and res.skipped_files > 0  # resumed: the finished files were not resent
     assert os.readlink(tmp_path / "board" / "current") == "slot_b"
 
@@ -160,7 +166,7 @@ def test_bundle_with_option_like_names_is_refused_before_tar_runs(signed, ssh_en
     sign_manifest_as_is(evil, m, key)
     monkeypatch.chdir(tmp_path)
     url = ssh_env.url(str(tmp_path / "board"))
-    err = _raised(lambda: flash(evil, url, board="rpi5", python=sys.executable, log=lambda _m: None))
+    err = _raised(lambda: flash(evil, url, board="x86-64-dev", python=sys.executable, log=lambda _m: None))
     assert not (evil / "pwned").exists() and not (tmp_path / "pwned").exists()  # no command ran
     assert isinstance(err, bfmt.BundleError) and "safe relative file name" in str(err)
     assert not (tmp_path / "board").exists()  # refused before the target was touched
@@ -172,3 +178,21 @@ def _raised(fn) -> BaseException | None:
     except Exception as e:
         return e
     return None
+
+
+def test_a_board_of_another_architecture_is_refused_over_ssh(signed, ssh_env, tmp_path, capsys):
+    """Issue 15 defect 7: rpi5 (aarch64) flashed to this x86-64 sshd passed without a word."""
+    import platform
+
+    from shelfrank.cli import main
+
+    assert platform.machine() == "x86_64"  # the sshd runs here
+    url = ssh_env.url(str(tmp_path / "board"))
+    argv = ["flash", str(signed[0]), "--board", "rpi5", "--to", url, "--python", sys.executable]
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: board rpi5 expects aarch64 (expected_isa neon_dot)")
+    assert err[0].endswith("is x86_64; flash the board config of that machine, or pass --allow-arch-mismatch")
+    assert not (tmp_path / "board" / "current").exists()
+    assert main([*argv, "--allow-arch-mismatch"]) == 0
+    assert os.readlink(tmp_path / "board" / "current") == "slot_a"

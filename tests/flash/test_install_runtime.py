@@ -135,7 +135,7 @@ def test_install_runtime_over_ssh(signed, shelfrank_wheel, deps, sshd, tmp_path,
     res = flash(
         signed[0],
         url,
-        board="rpi5",
+        board="x86-64-dev",  # the sshd is this x86-64 machine: rpi5 (aarch64) would be refused
         python=sys.executable,
         install_runtime=True,
         wheelhouse=[shelfrank_wheel.parent, deps],

@@ -494,7 +494,13 @@ def test_flash_service_over_ssh(signed, sshd, tmp_path, monkeypatch):
     for k, v in sshd.env.items():
         monkeypatch.setenv(k, v)
     prefix, unit_dir = tmp_path / "board", tmp_path / "units"
-    board = _board(tmp_path, service_user=OTHER_USER, sync_url="/media/usb/catalog", sync_schedule="*-*-* 03:30:00")
+    board = _board(
+        tmp_path,
+        base="x86-64-dev",  # the sshd is this x86-64 machine: an aarch64 board would be refused
+        service_user=OTHER_USER,
+        sync_url="/media/usb/catalog",
+        sync_schedule="*-*-* 03:30:00",
+    )
     lines: list[str] = []
     res = flash(
         signed[0],
