@@ -399,7 +399,9 @@ class Service:
 
     def _recommend(self, a: fmt.RecommendRequest) -> fmt.RecommendResponse:
         version = self.rec.catalog.version
-        items = self.rec.recommend(a.user_id, a.k, exclude_seen=a.exclude_seen, where=_where(a.where))
+        items = self.rec.recommend(
+            a.user_id, a.k, exclude_seen=a.exclude_seen, where=_where(a.where), diversity=a.diversity, ranker=a.ranker
+        )
         return fmt.RecommendResponse(a.user_id, version, _items(items))
 
     def _similar(self, a: fmt.SimilarRequest) -> fmt.SimilarResponse:

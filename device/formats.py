@@ -741,11 +741,32 @@ class RecordRequest(_Body):
     ts: Annotated[float, Meta(description="Event time, Unix seconds (default: now).")] | msgspec.UnsetType = _UNSET
 
 
+#: how ``recommend`` ranks (device/ranker.py): the fused score, or the user tower alone
+Ranker = typing.Literal["hybrid", "tower"]
+
+
 class RecommendRequest(_Body):
     user_id: RequestUserId
     k: ItemCount = 10
     exclude_seen: Annotated[bool, Meta(description="Leave out items in the shopper's history.")] = True
     where: Where | msgspec.UnsetType = _UNSET
+    diversity: Annotated[
+        float,
+        Meta(
+            ge=0.0,
+            le=1.0,
+            description="Re-rank by maximal marginal relevance with this weight on diversity "
+            "(0: the plain order, 1: the most diverse).",
+        ),
+    ] = 0.0
+    ranker: Annotated[
+        Ranker,
+        Meta(
+            description="hybrid: the user tower's candidates and the co-occurrence neighbours of the "
+            "shopper's recent items, ranked by the bundle's fused score (the user tower alone for a bundle "
+            "without one); tower: the user tower alone."
+        ),
+    ] = "hybrid"
 
 
 class SimilarRequest(_Body):
@@ -834,9 +855,18 @@ def _contract_error(text: str, type_: type[_Body]) -> RequestBodyError:
             return RequestBodyError(f"{name} is required", field=name)
     for raw, words in _MESSAGE_HELP.items():
         msg = msg.replace(raw, words)
+    if msg.startswith("Invalid enum value") and (choices := _choices(type_, path)):
+        msg += f"; expected one of {', '.join(map(repr, choices))}"
     if path == "k":  # an ItemCount: a float only so that 3.0 counts as an integer (JSON Schema's reading)
         msg = msg.replace("`float`", "an integer")
     return RequestBodyError(f"{path or 'request body'}: {msg}", field=path or None)
+
+
+def _choices(type_: type[_Body], path: str) -> list[Any]:
+    """The values a Literal field at ``path`` takes ([] when it is not one)."""
+    parent, _, name = path.rpartition(".")
+    field = {f.name: f.type for f in msgspec.structs.fields(_struct_at(type_, parent))}.get(name)
+    return [v for t in _leaves(field) if typing.get_origin(t) is typing.Literal for v in typing.get_args(t)]
 
 
 def _struct_at(type_: type[_Body], path: str) -> type[_Body]:
@@ -868,7 +898,13 @@ class Item(_Out):
     infer resources, and links between operations, from schema names)."""
 
     item_id: str
-    score: Annotated[float, Meta(description="Cosine similarity; for a shopper without history, popularity.")]
+    score: Annotated[
+        float,
+        Meta(
+            description="Higher is better: cosine similarity (similar, search, recommend with the tower), the "
+            "fused score (recommend with the hybrid ranker), popularity (a shopper without history)."
+        ),
+    ]
     title: str
     category: str | None
     brand: str | None
