@@ -13,7 +13,9 @@ steps) and a candidate item j:
     score_j  = w_tower · tower_j + w_cooc · cooc_j / max_i cooc_i + w_pop · pop_j + w_repeat · repeat_j
 
 The candidates are the tower's ``candidates`` best rows plus every item with cooc_j > 0 (and, with
-``exclude_seen=False``, the seen items); anything else ranks below them in tower order. The weights
+``exclude_seen=False``, the recent items h_a of non-zero weight); anything else ranks below them in
+tower order (also when k exceeds the candidates). Seen items never set max_i cooc_i; a ``where``
+filter removes candidates without changing the others' scores. The weights
 are fitted on the valid split at export (``shelfrank.export.fusion``) and stored in the manifest's
 ``ranker`` entry. Falls back gracefully: no neighbours (an item added by sync, or a catalog
 without a table) gives cooc = 0; no history is the caller's popularity path.
