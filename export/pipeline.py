@@ -74,12 +74,12 @@ PRESETS = {
         # the 2026-11-28 run: the towers were still improving when cut, and 400 teacher steps ranked
         # better than 1,000: time moves from the teacher to the towers
         teacher_steps=400,
-        student_steps=400,
+        student_steps=250,
         batch=64,
-        tower_epochs=6,
+        tower_epochs=5,
         student_tower_epochs=3,
-        tower_time_s=2400.0,
-        student_tower_time_s=1200.0,
+        tower_time_s=1800.0,
+        student_tower_time_s=1000.0,
         tower_max_cases=None,
         fit_sample=10_000,
         zero_shot_max_items=None,
