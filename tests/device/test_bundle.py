@@ -225,17 +225,17 @@ def test_wrong_types_are_named(signed, edit, needle):
 
 
 def test_unknown_fields_are_ignored_with_a_log_line(signed, caplog):
-    """Forward compatibility: a newer writer's fields (a ranker, neighbour tables) open, logged once."""
+    """Forward compatibility: a newer writer's fields (a reranker, neighbour tables) open, logged once."""
     root, key, pub, manifest = signed
     m = json.loads(json.dumps(manifest))
-    m["ranker"] = {"file": "ranker.onnx", "deep": [[[{"x": 1}]]]}
+    m["reranker"] = {"file": "ranker.onnx", "deep": [[[{"x": 1}]]]}
     m["model"]["attention"] = "flash"
     m["catalog"]["files"]["neighbours"] = "catalog/emb.i8.npy"
     sign_manifest_as_is(root, m, key)
     with caplog.at_level(logging.INFO, logger="shelfrank.device.formats"):
         got = bfmt.verify_bundle(root, public_key=pub)
-    assert got["ranker"]["file"] == "ranker.onnx" and got.catalog.files["neighbours"] == "catalog/emb.i8.npy"
-    assert "ignoring field(s) this runtime does not know: model.attention, ranker" in caplog.text
+    assert got["reranker"]["file"] == "ranker.onnx" and got.catalog.files["neighbours"] == "catalog/emb.i8.npy"
+    assert "ignoring field(s) this runtime does not know: model.attention, reranker" in caplog.text
 
 
 def _resign(bundle: Path, tmp_path: Path, edit) -> Path:
