@@ -115,17 +115,21 @@ def features(hs: list[History], users: np.ndarray, rows: np.ndarray, table: Any,
     return Features(tower, cooc.astype(np.float32), rep.astype(np.float32), (hb, hi))
 
 
-def hybrid_scores(f: Features, pop: np.ndarray, params: RankerParams, *, exclude_seen: bool = True) -> np.ndarray:
-    """(B, N) scores ranking exactly as the device's hybrid: fused over the candidates, the rest below."""
+def candidates(f: Features, params: RankerParams, exclude_seen: bool):
+    """(tower, cooc, repeat, candidate mask), each (B, N): the device's candidates for each history."""
     tower, cooc = f.tower.copy(), f.cooc.copy()
     rep = np.zeros_like(tower) if exclude_seen else f.repeat
     if exclude_seen:  # seen items are never candidates (evaluate masks them anyway)
         tower[f.seen] = -np.inf
         cooc[f.seen] = 0.0
-    n = tower.shape[1]
-    k = min(params.candidates, n)
+    k = min(params.candidates, tower.shape[1])
     thr = -np.partition(-tower, k - 1, axis=1)[:, k - 1 : k]
-    cand = (tower >= thr) | (cooc > 0) | (rep > 0)
+    return tower, cooc, rep, (tower >= thr) | (cooc > 0) | (rep > 0)
+
+
+def hybrid_scores(f: Features, pop: np.ndarray, params: RankerParams, *, exclude_seen: bool = True) -> np.ndarray:
+    """(B, N) scores ranking exactly as the device's hybrid: fused over the candidates, the rest below."""
+    tower, cooc, rep, cand = candidates(f, params, exclude_seen)
     fused = fuse(params, np.where(np.isfinite(tower), tower, 0), cooc, cooc.max(1, keepdims=True), pop, rep)
     low = np.where(cand, fused, np.inf).min(1, keepdims=True)
     low = np.where(np.isfinite(low), low, 0)
@@ -187,15 +191,7 @@ class _Candidates:
     """
 
     def __init__(self, f: Features, targets: np.ndarray, pop: np.ndarray, params: RankerParams, exclude_seen: bool):
-        tower, cooc = f.tower.copy(), f.cooc.copy()
-        rep = np.zeros_like(tower) if exclude_seen else f.repeat
-        if exclude_seen:
-            tower[f.seen] = -np.inf
-            cooc[f.seen] = 0.0
-        n = tower.shape[1]
-        k = min(params.candidates, n)
-        thr = -np.partition(-tower, k - 1, axis=1)[:, k - 1 : k]
-        cand = (tower >= thr) | (cooc > 0) | (rep > 0)
+        tower, cooc, rep, cand = candidates(f, params, exclude_seen)
         counts = cand.sum(1)
         c = int(counts.max())
         cols = np.argsort(~cand, axis=1, kind="stable")[:, :c]  # candidate columns first, ascending
