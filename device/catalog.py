@@ -134,7 +134,11 @@ class Catalog:
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """Dequantised rows (float32): int8 × per-row scale."""
-        return np.multiply(self.rows[rows], self.scales[rows, None], dtype=np.float32)
+        # cast, then scale in place: the same float32 products as a mixed-type multiply, which
+        # casts through a buffer (a third slower on the hybrid's ~1,000 candidate rows)
+        out = self.rows[rows].astype(np.float32)
+        out *= self.scales[rows][:, None]
+        return out
 
     def items(self, rows: list[int], scores: list[float]) -> list[Item]:
         """Result records for catalog rows (from memory; no I/O)."""

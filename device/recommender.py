@@ -90,7 +90,8 @@ class Recommender:
         self._encoder: TextEncoder | None = None
         self._lock = threading.Lock()
         self.events = EventStore(state_dir / "events.sqlite", max_history=max_history)
-        self._cache: dict[str, tuple[int, int, np.ndarray | None]] = {}
+        # user id -> (events generation, catalog version, user vector, the collapsed steps it came from)
+        self._cache: dict[str, tuple[int, int, np.ndarray | None, list[tuple[int, int]]]] = {}
 
     # ---- opening -----------------------------------------------------------------------------
 
@@ -231,14 +232,20 @@ class Recommender:
     ) -> np.ndarray | None:
         """The shopper's vector from their recent events (None with no usable history); cached until
         their next event. ``events`` = (generation, history) when the caller already read them."""
-        cat = self.catalog if cat is None else cat
+        return self._user_state(user_id, self.catalog if cat is None else cat, events)[0]
+
+    def _user_state(
+        self, user_id: str, cat: Catalog, events: tuple[int, list[Event]] | None
+    ) -> tuple[np.ndarray | None, list[tuple[int, int]]]:
+        """(:meth:`user_vector`, the collapsed (row, action) steps of the recent events it was made
+        from), cached together: the hybrid ranker reads the same steps."""
         # the generation is read before the events, so a concurrent record can only make the
         # cached vector look stale (recomputed next time), never make a stale one look fresh
         gen, history = events if events is not None else (self.events.generation(user_id), None)
         with self._lock:
             hit = self._cache.get(user_id)
         if hit is not None and hit[0] == gen and hit[1] == cat.version:
-            return hit[2]
+            return hit[2], hit[3]
         recent = (
             history[-self.max_events * 4 :]
             if history is not None
@@ -255,8 +262,8 @@ class Recommender:
             if not np.isfinite(vec.sum()):  # one reduction: NaN or inf anywhere makes the sum non-finite
                 raise BundleError(f"{self.bundle}: the user tower produced NaN/inf")
         with self._lock:
-            self._cache[user_id] = (gen, cat.version, vec)
-        return vec
+            self._cache[user_id] = (gen, cat.version, vec, steps)
+        return vec, steps
 
     def _rank(
         self,
@@ -325,14 +332,11 @@ class Recommender:
         events = self.events.history(user_id)  # read once: for the seen rows and the user vector
         index = cat.index
         seen = frozenset(index[e.item_id] for e in events if e.item_id in index) if exclude_seen else frozenset()
-        u = self.user_vector(user_id, cat, (gen, events))
+        u, steps = self._user_state(user_id, cat, (gen, events))
         pool = max(50, 5 * k) if diversity > 0 else k
         if u is None or self.ranker is None or ranker == "tower":
             out = self._rank(cat, u, pool, mask, seen)
             return self._diversify(cat, out, k, diversity) if diversity > 0 else out
-        steps = collapse(
-            (index[e.item_id], ACTION_IDS[e.action]) for e in events[-self.max_events * 4 :] if e.item_id in index
-        )
         rows, scores = self._hybrid(cat, u, steps, pool, mask, seen, not exclude_seen)
         if diversity > 0 and len(rows) > 1:
             pick = mmr(rows, scores, cat.vectors(rows), k, float(diversity))
