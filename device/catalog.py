@@ -14,6 +14,7 @@ import numpy as np
 
 from shelfrank.device.catalog_files import NEIGHBOR_FILES
 from shelfrank.device.formats import ROW_SCALE_MAX
+from shelfrank.device.lexical import LexicalIndex
 from shelfrank.errors import BundleError, InputError, UnknownItemError
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,8 @@ class Catalog:
         for a in (self.price, self.in_stock, self.popularity, self._cat_codes, self._brand_codes):
             a.flags.writeable = False
         self.index = {item_id: i for i, item_id in enumerate(self.item_ids)}
+        # the FTS index's connection, opened now: a sync may delete this folder while it serves
+        self.lexical = LexicalIndex(root / "items.sqlite")
 
     def __len__(self) -> int:
         return len(self.item_ids)

@@ -1,7 +1,8 @@
 """Reading and writing one catalog version's files (shared by export, publish and sync).
 
 A catalog version is a folder with ``items.sqlite`` (row, item_id, title, category, brand, price,
-in_stock, popularity), ``emb.i8.npy`` (N × d int8) and ``scale.f32.npy`` (N float32).
+in_stock, popularity; and its FTS5 index ``items_fts``, device/lexical.py), ``emb.i8.npy`` (N × d int8)
+and ``scale.f32.npy`` (N float32).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shelfrank.device.lexical import build_fts
 from shelfrank.errors import InputError
 
 COLUMNS = ("item_id", "title", "category", "brand", "price", "in_stock", "popularity")
@@ -117,6 +119,7 @@ def write_catalog_dir(root: str | Path, data: CatalogData, *, fsync: bool = True
                 for i, it in enumerate(data.items)
             ),
         )
+        build_fts(con)  # lexical search (device/lexical.py); without FTS5 here, logged and skipped
     con.close()
     files = dict(FILES)
     if data.neighbors is not None:

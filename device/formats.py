@@ -260,6 +260,9 @@ class Manifest(_Entry, dict=True):
     # the hybrid ranker (device/ranker.py, decoded by RankerParams.from_manifest at open); a runtime
     # that predates it ignores it and ranks by the user tower alone
     ranker: dict[Name, Any] | None = None
+    # search fusion (device/search.py, decoded by SearchParams.from_manifest) and the FTS build it
+    # was fitted with; a runtime that predates it ignores it and searches dense-only
+    search: dict[Name, Any] | None = None
 
     @classmethod
     def decode(cls, data: bytes, where: str) -> Manifest:

@@ -424,13 +424,24 @@ class Recommender:
         row = cat.row(item_id)
         return self._rank(cat, cat.vectors(np.array([row]))[0], k, cat.mask(where), frozenset((row,)))
 
-    def search(self, text: str, k: int = 10, *, where: Mapping[str, Any] | None = None) -> list[Item]:
-        """Items matching a free-text query, embedded on the device with the bundle's encoder."""
+    def search(
+        self, text: str, k: int = 10, *, where: Mapping[str, Any] | None = None, mode: str = "hybrid"
+    ) -> list[Item]:
+        """Items matching a free-text query (device/search.py): ``mode="hybrid"`` fuses the catalog's
+        FTS5 index (BM25, typo-corrected) with the encoder's dense scan (dense-only when the catalog
+        has no usable FTS index); ``"dense"`` or ``"lexical"`` runs one of them alone.
+
+        Raises:
+            InputError: text not a string or only whitespace, k not a positive integer, an unknown
+                mode or a bad filter.
+        """
+        from shelfrank.device import search as srch
+
         cat = self.catalog  # one consistent catalog for the whole call
-        if not isinstance(text, str) or not text.strip():
-            raise InputError(f"search text must be a non-empty string, got {text!r}")
-        q = self.encoder.encode([text])[0]
-        return self._rank(cat, q, k, cat.mask(where))
+        params = srch.SearchParams.from_manifest(self.manifest.search)
+        enc = None if mode == "lexical" else self.encoder
+        rows, scores = srch.search(cat, enc, text, k, where=where, mode=mode, params=params, threads=self.threads)
+        return cat.items(rows.tolist(), scores.tolist())
 
     @property
     def encoder(self) -> TextEncoder:
