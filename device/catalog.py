@@ -5,26 +5,57 @@ from __future__ import annotations
 import logging
 import sqlite3
 from array import array
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from shelfrank.device.catalog_files import NEIGHBOR_FILES
 from shelfrank.device.formats import ROW_SCALE_MAX
 from shelfrank.device.lexical import LexicalIndex
-from shelfrank.errors import BundleError, InputError, UnknownItemError
+from shelfrank.errors import BundleError, InputError, UnknownFilterValueError, UnknownItemError
 
 logger = logging.getLogger(__name__)
 
 WHERE_KEYS = ("category", "brand", "min_price", "max_price", "in_stock", "allow_ids", "deny_ids")
 
 
+#: why an item is in a result (``Item.reason``): the shopper's recent items (the tower, or an item
+#: seen before), the co-occurrence neighbours of their recent items (the hybrid ranker), the
+#: bundle's popularity (no history yet), a text query, or closeness to one item (``similar``)
+REASONS = ("history", "co-occurrence", "popular", "search", "similar")
+#: what ``Item.score`` measures: cosine similarity to the query (the user vector, an item or the
+#: text), the hybrid ranker's fused score, or the bundle's popularity (cold start)
+SCORE_KINDS = ("cosine", "fused", "popularity")
+
+
+class Reason(NamedTuple):
+    """Why one item is in a result: ``kind`` (one of :data:`REASONS`), the item ids that drove it
+    (the shopper's recent items, or the query item) and one English sentence for a shop's screen."""
+
+    kind: str
+    items: tuple[str, ...]
+    text: str
+
+
+#: the reason of every result of a text query
+SEARCH_MATCH = Reason("search", (), "matches your search")
+#: the reason of a cold-start result (a shopper without history)
+POPULAR = Reason("popular", (), "popular in this shop")
+
+
 @dataclass(frozen=True)
 class Item:
-    """One recommended item: what a shop's app shows."""
+    """One recommended item: what a shop's app shows, and why it is there.
+
+    ``score`` is higher-is-better within one result list; ``score_kind`` says what it measures
+    (:data:`SCORE_KINDS`: a popularity is no cosine similarity, so never compare the two).
+    ``reason`` is one of :data:`REASONS`, ``reason_items`` the item ids that drove it (e.g. the
+    recent item the result is closest to) and ``reason_text`` says it in English
+    ("because you viewed SKU-1"); an app that localises builds its own text from the first two.
+    """
 
     item_id: str
     score: float
@@ -33,6 +64,10 @@ class Item:
     brand: str | None
     price: float | None
     in_stock: bool
+    score_kind: str
+    reason: str
+    reason_items: tuple[str, ...]
+    reason_text: str
 
 
 class Catalog:
@@ -143,13 +178,30 @@ class Catalog:
         out *= self.scales[rows][:, None]
         return out
 
-    def items(self, rows: list[int], scores: list[float]) -> list[Item]:
-        """Result records for catalog rows (from memory; no I/O)."""
+    def items(
+        self,
+        rows: Sequence[int],
+        scores: Sequence[float],
+        *,
+        score_kind: str = "cosine",
+        reasons: Reason | Sequence[Reason] = SEARCH_MATCH,
+    ) -> list[Item]:
+        """Result records for catalog rows (from memory; no I/O).
+
+        Args:
+            rows, scores: the rows, best first, and their scores.
+            score_kind: what the scores measure (:data:`SCORE_KINDS`).
+            reasons: one :class:`Reason` for every row, or one per row (default: a search match).
+        """
         out = []
         ends, blob, stock, price = self._title_ends, self._titles, self.in_stock, self._price_list
-        for row, score in zip(rows, scores):
+        per_row = not isinstance(reasons, Reason)
+        why = reasons
+        for i, (row, score) in enumerate(zip(rows, scores)):
             row = int(row)
             p = price[row]
+            if per_row:
+                why = reasons[i]
             out.append(
                 Item(
                     self.item_ids[row],
@@ -159,9 +211,18 @@ class Catalog:
                     self._brand_names[self._brand_code_list[row] + 1],
                     None if p != p else p,
                     bool(stock[row]),
+                    score_kind,
+                    why.kind,
+                    why.items,
+                    why.text,
                 )
             )
         return out
+
+    def title(self, row: int) -> str:
+        """The title of one row (from memory)."""
+        ends = self._title_ends
+        return self._titles[ends[row - 1] if row else 0 : ends[row]].decode()
 
     def item(self, row: int, score: float = 0.0) -> Item:
         return self.items([row], [score])[0]
@@ -174,7 +235,13 @@ class Catalog:
     def mask(self, where: Mapping[str, Any] | None) -> np.ndarray | None:
         """The kernel mask for a ``where`` filter (None when nothing is filtered).
 
+        A category or brand must be one the catalog has (a typo would otherwise match nothing);
+        ids in ``allow_ids``/``deny_ids`` that it lacks are ignored (a shop's list may name items
+        a sync removed).
+
         Raises:
+            UnknownFilterValueError: (an InputError) a category or brand this catalog version does
+                not have; its ``field`` is ``where.category`` or ``where.brand``.
             InputError: an unknown key or a value of the wrong type.
         """
         if not where:
@@ -189,7 +256,14 @@ class Catalog:
         ):
             if where.get(key) is not None:
                 wanted = _str_list(key, where[key])
-                m &= np.isin(codes, [vocab[v] for v in wanted if v in vocab])
+                missing = [v for v in wanted if v not in vocab]
+                if missing:  # a typo or a name the catalog lost would otherwise give [] in silence
+                    raise UnknownFilterValueError(
+                        f"where[{key!r}]: {_names(missing)} not in catalog version {self.version}"
+                        f"{_did_you_mean(missing[0], vocab)}; it has {len(vocab)} {key} values",
+                        field=f"where.{key}",
+                    )
+                m &= np.isin(codes, [vocab[v] for v in wanted])
         for key, op in (("min_price", np.greater_equal), ("max_price", np.less_equal)):
             if where.get(key) is not None:
                 v = where[key]
@@ -207,6 +281,20 @@ class Catalog:
         if where.get("deny_ids") is not None:
             m[[self.index[i] for i in _str_list("deny_ids", where["deny_ids"]) if i in self.index]] = False
         return m
+
+
+def _names(values: list[str]) -> str:
+    shown = ", ".join(repr(v) for v in values[:5]) + (f" and {len(values) - 5} more" if len(values) > 5 else "")
+    return shown + (" is" if len(values) == 1 else " are")
+
+
+def _did_you_mean(value: str, vocab: Mapping[str, int]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(value, list(vocab), n=3, cutoff=0.6)
+    if not close:  # a different case is the commonest slip: "shoes" for "Shoes"
+        close = [v for v in vocab if v.casefold() == value.casefold()][:3]
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
 
 
 def _str_list(key: str, value: Any) -> list[str]:

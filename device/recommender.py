@@ -12,14 +12,14 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from shelfrank.device import bundle as bfmt
-from shelfrank.device.catalog import Catalog, Item
+from shelfrank.device.catalog import POPULAR, SEARCH_MATCH, Catalog, Item, Reason
 from shelfrank.device.encoder import TextEncoder, make_session, open_text_encoder, provider_names
 from shelfrank.device.events import Event, EventStore
 from shelfrank.device.history import collapse, tower_inputs
@@ -30,9 +30,15 @@ from shelfrank.errors import BundleError, InputError
 
 logger = logging.getLogger(__name__)
 
+#: shoppers per batch top-k scan in :meth:`Recommender.recommend_many` (the kernel's sweet spot)
+BATCH = 64
+#: an action as the verb of a reason's text ("because you viewed …")
+_VERB = dict(enumerate(("viewed", "clicked", "added to your cart", "bought")))
+
 
 def _state_dir_for(bundle: Path, explicit: str | Path | None) -> Path:
-    """``PREFIX/state`` for a flashed layout, else $SHELFRANK_STATE, else a per-bundle user folder."""
+    """``PREFIX/state`` for a flashed layout, else $SHELFRANK_STATE, else a per-bundle user folder
+    (``$XDG_STATE_HOME/shelfrank/<bundle>-<hash>``, ``~/.local/state`` when that is unset or not absolute)."""
     if explicit is not None:
         return Path(explicit)
     parent = bundle.parent
@@ -42,13 +48,17 @@ def _state_dir_for(bundle: Path, explicit: str | Path | None) -> Path:
         return parent / "state"
     if os.environ.get("SHELFRANK_STATE"):
         return Path(os.environ["SHELFRANK_STATE"])
-    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    # the XDG base-directory spec: an unset, empty or relative XDG_STATE_HOME is ignored (a relative
+    # one would put shopper history wherever the process happened to start)
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "state"
     real = bundle.resolve()
     return base / "shelfrank" / f"{real.name}-{hashlib.sha256(str(real).encode()).hexdigest()[:12]}"
 
 
 class Recommender:
-    """Open with :meth:`open`; safe to share between threads."""
+    """Open with :meth:`open` (a context manager: ``with Recommender.open(b) as rec:``); safe to
+    share between threads."""
 
     def __init__(
         self,
@@ -90,6 +100,7 @@ class Recommender:
         self._encoder: TextEncoder | None = None
         self._lock = threading.Lock()
         self.events = EventStore(state_dir / "events.sqlite", max_history=max_history)
+        self._closed = False
         # user id -> (events generation, catalog version, user vector, the collapsed steps it came from)
         self._cache: dict[str, tuple[int, int, np.ndarray | None, list[tuple[int, int]]]] = {}
 
@@ -216,9 +227,25 @@ class Recommender:
         self.events.record(user_id, item_id, action, ts)
 
     def history(self, user_id: str) -> list[Event]:
+        """The shopper's stored events, oldest first (``[]`` for an unknown or forgotten shopper).
+
+        Events live in ``state_dir/events.sqlite`` (see :meth:`open` for where the state folder is);
+        at most ``max_history`` per shopper are kept, the oldest dropped first.
+
+        Raises:
+            InputError: an empty user id.
+        """
         return list(self.events.history(user_id))  # a copy: the store's list is its cache
 
     def forget(self, user_id: str) -> None:
+        """Delete every event of the shopper, leaving no copy in the database or its WAL file, and
+        drop their cached user vector; their next ``recommend`` is a cold start.
+
+        Raises:
+            InputError: an empty user id. EventStoreBusyError: the events are deleted but another
+                connection still holds an old snapshot, so the WAL is truncated later; retry to
+                be sure no bytes are left.
+        """
         try:
             self.events.forget(user_id)  # EventStoreBusyError: deleted, the WAL truncated later
         finally:
@@ -273,14 +300,32 @@ class Recommender:
         mask: np.ndarray | None,
         skip: frozenset[int] = frozenset(),
     ) -> list[Item]:
-        """The k best rows for ``query`` among those ``mask`` allows, leaving out the rows in ``skip``.
+        """The k best rows for ``query`` as items: cosine scores with a search-match reason, or
+        (``query`` None) popularity scores with the cold-start reason. See :meth:`_rank_rows`."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be a positive integer, got {k!r}")
+        rows, scores = self._rank_rows(cat, query, k, mask, skip)
+        if query is None:
+            return cat.items(rows, scores, score_kind="popularity", reasons=POPULAR)
+        return cat.items(rows, scores, score_kind="cosine", reasons=SEARCH_MATCH)
+
+    def _rank_rows(
+        self,
+        cat: Catalog,
+        query: np.ndarray | None,
+        k: int,
+        mask: np.ndarray | None,
+        skip: frozenset[int] = frozenset(),
+        top: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[list[int], list[float]]:
+        """The k best rows for ``query`` among those ``mask`` allows, leaving out the rows in ``skip``,
+        and their scores (the bundle's popularity when ``query`` is None: cold start).
 
         ``skip`` (a shopper's seen items) is applied by asking the kernel for k + len(skip) rows and
         dropping them: the same result as masking them (ties keep their row order) without building
-        a catalog-sized mask on every call.
+        a catalog-sized mask on every call. ``top`` is that kernel answer when the caller already
+        has it (:meth:`recommend_many`: one batch scan for many shoppers).
         """
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InputError(f"k must be a positive integer, got {k!r}")
         if query is None:  # cold start: the bundle's popularity
             if skip:
                 mask = np.ones(len(cat), bool) if mask is None else mask.copy()
@@ -288,9 +333,11 @@ class Recommender:
             pop = np.where(mask, cat.popularity, -np.inf) if mask is not None else cat.popularity
             order = np.lexsort((np.arange(len(cat)), -pop))[:k]
             keep = [int(r) for r in order if np.isfinite(pop[r])]
-            return cat.items(keep, [float(pop[r]) for r in keep])
-        want = min(k + len(skip), len(cat))
-        ids, scores = topk(query, cat.rows, want, scales=cat.scales, mask=mask, threads=self.threads)
+            return keep, [float(pop[r]) for r in keep]
+        if top is None:
+            want = min(k + len(skip), len(cat))
+            top = topk(query, cat.rows, want, scales=cat.scales, mask=mask, threads=self.threads)
+        ids, scores = top
         rows, kept = [], []
         for r, s in zip(ids.tolist(), scores.tolist()):
             if r >= 0 and r not in skip:
@@ -298,7 +345,7 @@ class Recommender:
                 kept.append(s)
                 if len(rows) == k:
                     break
-        return cat.items(rows, kept)
+        return rows, kept
 
     def recommend(
         self,
@@ -317,31 +364,161 @@ class Recommender:
         ``"tower"`` ranks by the user tower alone. ``diversity`` = λ in [0, 1] re-ranks the best
         candidates by maximal marginal relevance (0: the plain order).
 
+        Each item says why it is there (``Item.reason``): ``co-occurrence`` with the recent items
+        whose neighbour lists gave it the most weight (hybrid), ``history`` with the recent item
+        it is closest to (the tower's results, and the hybrid's results that no neighbour list
+        holds), ``popular`` for a shopper without history. ``Item.score_kind`` is ``fused``
+        (hybrid), ``cosine`` (tower) or ``popularity`` (cold start).
+
         Raises:
-            InputError: k not a positive integer, an unknown ranker, diversity outside [0, 1], a bad filter.
+            InputError: k not a positive integer, an unknown ranker, diversity outside [0, 1], a bad
+                filter (UnknownFilterValueError: a category or brand the catalog lacks).
         """
-        if ranker not in ("hybrid", "tower"):
-            raise InputError(f"ranker must be 'hybrid' or 'tower', got {ranker!r}")
-        if isinstance(diversity, bool) or not isinstance(diversity, (int, float)) or not 0.0 <= diversity <= 1.0:
-            raise InputError(f"diversity must be a number in [0, 1], got {diversity!r}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InputError(f"k must be a positive integer, got {k!r}")
+        _check_options(k, diversity, ranker)
         cat = self.catalog  # one consistent catalog for the whole call
         mask = cat.mask(where)
+        q = self._shopper(cat, user_id, exclude_seen)
+        return self._recommend_one(cat, q, self._plan(cat, q, k, diversity, ranker), k, mask, diversity, exclude_seen)
+
+    def recommend_many(
+        self,
+        user_ids: Sequence[str],
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        where: Mapping[str, Any] | None = None,
+        diversity: float = 0.0,
+        ranker: str = "hybrid",
+    ) -> list[list[Item]]:
+        """:meth:`recommend` for many shoppers: one result list per user id, in their order, each
+        equal to the single call's (the same catalog version for all of them).
+
+        The tower's top-k scans run as one batch per ``BATCH`` shoppers (the kernel reads each block
+        of the catalog once for the whole batch), the rest per shopper as in :meth:`recommend`.
+
+        Raises:
+            InputError: ``user_ids`` not a list of strings, or what :meth:`recommend` raises.
+        """
+        users = _str_seq("user_ids", user_ids)
+        _check_options(k, diversity, ranker)
+        cat = self.catalog
+        mask = cat.mask(where)
+        out: list[list[Item]] = []
+        for start in range(0, len(users), BATCH):
+            shoppers = [self._shopper(cat, u, exclude_seen) for u in users[start : start + BATCH]]
+            plans = [self._plan(cat, q, k, diversity, ranker) for q in shoppers]
+            scan = [i for i, p in enumerate(plans) if p.want > 0]
+            tops: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+            if scan:
+                width = max(plans[i].want for i in scan)
+                queries = np.stack([shoppers[i].u for i in scan])
+                ids, scores = topk(queries, cat.rows, width, scales=cat.scales, mask=mask, threads=self.threads)
+                # the kernel's order is total (score, then row), so a shopper's first `want` of the
+                # wider answer are exactly what a scan for `want` gives
+                tops = {i: (ids[j, : plans[i].want], scores[j, : plans[i].want]) for j, i in enumerate(scan)}
+            for i, (q, plan) in enumerate(zip(shoppers, plans)):
+                out.append(self._recommend_one(cat, q, plan, k, mask, diversity, exclude_seen, tops.get(i)))
+        return out
+
+    def _shopper(self, cat: Catalog, user_id: str, exclude_seen: bool) -> _Shopper:
+        """What a recommend call reads about one shopper, read once."""
         gen = self.events.generation(user_id)
         events = self.events.history(user_id)  # read once: for the seen rows and the user vector
         index = cat.index
         seen = frozenset(index[e.item_id] for e in events if e.item_id in index) if exclude_seen else frozenset()
         u, steps = self._user_state(user_id, cat, (gen, events))
+        return _Shopper(u, steps, seen)
+
+    def _plan(self, cat: Catalog, q: _Shopper, k: int, diversity: float, ranker: str) -> _Plan:
         pool = max(50, 5 * k) if diversity > 0 else k
-        if u is None or self.ranker is None or ranker == "tower":
-            out = self._rank(cat, u, pool, mask, seen)
-            return self._diversify(cat, out, k, diversity) if diversity > 0 else out
-        rows, scores = self._hybrid(cat, u, steps, pool, mask, seen, not exclude_seen)
-        if diversity > 0 and len(rows) > 1:
-            pick = mmr(rows, scores, cat.vectors(rows), k, float(diversity))
-            rows, scores = rows[pick], scores[pick]
-        return cat.items(rows[:k].tolist(), scores[:k].tolist())
+        if q.u is None:
+            return _Plan("popular", pool, 0)
+        if self.ranker is None or ranker == "tower":
+            return _Plan("tower", pool, min(pool + len(q.seen), len(cat)))
+        return _Plan("hybrid", pool, min(self.ranker.candidates + pool + len(q.seen), len(cat)))
+
+    def _recommend_one(
+        self,
+        cat: Catalog,
+        q: _Shopper,
+        plan: _Plan,
+        k: int,
+        mask: np.ndarray | None,
+        diversity: float,
+        exclude_seen: bool,
+        top: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> list[Item]:
+        if plan.path != "hybrid":
+            rows, scores = self._rank_rows(cat, q.u, plan.pool, mask, q.seen, top)
+            if diversity > 0 and len(rows) > 1:
+                r = np.asarray(rows, np.int64)
+                pick = mmr(r, np.asarray(scores, np.float32), cat.vectors(r), k, float(diversity))
+                rows, scores = [rows[i] for i in pick], [scores[i] for i in pick]
+            rows, scores = rows[:k], scores[:k]
+            if plan.path == "popular":
+                return cat.items(rows, scores, score_kind="popularity", reasons=POPULAR)
+            why = self._reasons(cat, np.asarray(rows, np.int64), q.steps, None)
+            return cat.items(rows, scores, score_kind="cosine", reasons=why)
+        hist = step_weights(q.steps, self.ranker)
+        h_rows, scores = self._hybrid(cat, q.u, q.steps, plan.pool, mask, q.seen, not exclude_seen, top)
+        if diversity > 0 and len(h_rows) > 1:
+            pick = mmr(h_rows, scores, cat.vectors(h_rows), k, float(diversity))
+            h_rows, scores = h_rows[pick], scores[pick]
+        h_rows, scores = h_rows[:k], scores[:k]
+        why = self._reasons(cat, h_rows, q.steps, hist)
+        return cat.items(h_rows.tolist(), scores.tolist(), score_kind="fused", reasons=why)
+
+    def _reasons(
+        self,
+        cat: Catalog,
+        rows: np.ndarray,
+        steps: list[tuple[int, int]],
+        hist: tuple[np.ndarray, np.ndarray] | None,
+    ) -> list[Reason]:
+        """Why each of ``rows`` is recommended from the shopper's collapsed ``steps``.
+
+        With ``hist`` (the hybrid's recent rows and step weights, newest first): a row that some
+        recent item's neighbour list holds is ``co-occurrence``, naming the (at most 3) recent items
+        that gave it the most co-occurrence weight, best first. Any other row is ``history``,
+        naming the recent item (the tower's window) whose vector is closest to it; itself, when it
+        is a recent item (a repeat). A few small products over k rows: no catalog-sized work.
+        """
+        if len(rows) == 0:
+            return []
+        latest: dict[int, int] = {}  # each item's newest action, newest item first
+        for r, a in reversed(steps):
+            latest.setdefault(r, a)
+        window: dict[int, None] = dict.fromkeys(r for r, _ in reversed(steps[-self.max_events :]))
+        recent = np.fromiter(window, np.int64, len(window))  # the tower's window, newest first
+        sims = cat.vectors(rows) @ cat.vectors(recent).T  # (k, R); argmax ties go to the newest
+        closest = sims.argmax(axis=1)
+        drivers: list[list[int]] = [[] for _ in range(len(rows))]
+        if hist is not None and cat.neighbor_ids is not None and len(hist[0]):
+            h_rows, h_w = hist
+            uniq, inv = np.unique(h_rows, return_inverse=True)
+            w = cat.neighbor_weights[h_rows].astype(np.float32) * h_w[:, None]
+            hit = cat.neighbor_ids[h_rows][None, :, :] == rows[:, None, None]  # (k, H, M)
+            per_step = (hit * w[None]).sum(axis=2)  # (k, H): a row is at most once in a list
+            per_item = np.zeros((len(rows), len(uniq)), np.float32)
+            np.add.at(per_item.T, inv, per_step.T)  # one item at several steps: its weights add up
+            for i in np.flatnonzero((per_item > 0).any(axis=1)).tolist():
+                best = np.lexsort((uniq, -per_item[i]))[:3]  # most weight first, ties to the lower row
+                drivers[i] = [int(uniq[j]) for j in best if per_item[i, j] > 0]
+        ids = cat.item_ids
+        out = []
+        for i, row in enumerate(rows.tolist()):
+            if drivers[i]:
+                d = drivers[i]
+                text = f"often chosen with “{cat.title(d[0])}”, which you {_VERB[latest[d[0]]]}"
+                out.append(Reason("co-occurrence", tuple(ids[r] for r in d), text))
+                continue
+            src = row if row in window else int(recent[closest[i]])
+            if src == row:
+                text = f"you {_VERB[latest[row]]} it recently"
+            else:
+                text = f"because you {_VERB[latest[src]]} “{cat.title(src)}”"
+            out.append(Reason("history", (ids[src],), text))
+        return out
 
     def _hybrid(
         self,
@@ -352,9 +529,12 @@ class Recommender:
         mask: np.ndarray | None,
         seen: frozenset[int],
         allow_seen: bool,
+        top: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k best rows by the fused score (device/ranker.py) and their scores, best first: the
-        candidates by the fused score, then (when they are fewer than k) the rest in tower order."""
+        candidates by the fused score, then (when they are fewer than k) the rest in tower order.
+        ``top``: the tower's top-k answer for ``candidates + k + len(seen)`` rows when the caller
+        already has it (:meth:`recommend_many`)."""
         # Every step below works on a few hundred to a few thousand candidates, where numpy's
         # general-purpose set routines (hash-based np.unique, np.isin's pass per seen row) and a
         # full sort cost more than the arithmetic: sorted arrays, binary searches and a sort of
@@ -368,8 +548,10 @@ class Recommender:
             c_items, c_scores = c_items[keep], c_scores[keep]
         cmax = float(c_scores.max()) if len(c_scores) else 0.0
         # the tower's best `candidates` rows, then k more for the rest below the candidates
-        want = min(p.candidates + k + len(seen), len(cat))
-        ids, t_scores = topk(u, cat.rows, want, scales=cat.scales, mask=mask, threads=self.threads)
+        if top is None:
+            want = min(p.candidates + k + len(seen), len(cat))
+            top = topk(u, cat.rows, want, scales=cat.scales, mask=mask, threads=self.threads)
+        ids, t_scores = top
         ok = ids >= 0
         if seen:
             ok &= ~_member(ids, seen_rows)
@@ -411,18 +593,33 @@ class Recommender:
             scores = np.concatenate([scores, (t_scores[rest][:more] + low).astype(np.float32)])
         return rows, scores
 
-    def _diversify(self, cat: Catalog, items: list[Item], k: int, lam: float) -> list[Item]:
-        if len(items) <= 1:
-            return items[:k]
-        rows = np.fromiter((cat.index[it.item_id] for it in items), np.int64, len(items))
-        scores = np.fromiter((it.score for it in items), np.float32, len(items))
-        return [items[i] for i in mmr(rows, scores, cat.vectors(rows), k, float(lam))]
-
     def similar(self, item_id: str, k: int = 10, *, where: Mapping[str, Any] | None = None) -> list[Item]:
-        """Items closest to ``item_id`` (never the item itself)."""
+        """Items closest to ``item_id`` (never the item itself), best first, by cosine similarity
+        (``reason`` ``similar``, naming the item).
+
+        Raises:
+            UnknownItemError: the item is not in the catalog; InputError: k not a positive integer
+                or a bad filter.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be a positive integer, got {k!r}")
         cat = self.catalog  # one consistent catalog for the whole call
         row = cat.row(item_id)
-        return self._rank(cat, cat.vectors(np.array([row]))[0], k, cat.mask(where), frozenset((row,)))
+        rows, scores = self._rank_rows(cat, cat.vectors(np.array([row]))[0], k, cat.mask(where), frozenset((row,)))
+        why = Reason("similar", (item_id,), f"similar to “{cat.title(row)}”")
+        return cat.items(rows, scores, score_kind="cosine", reasons=why)
+
+    def search_many(self, texts: Sequence[str], k: int = 10, **options: Any) -> list[list[Item]]:
+        """:meth:`search` for many queries: one result list per text, in their order, each equal to
+        the single call's; ``options`` are :meth:`search`'s keywords (``where``, …).
+
+        For now one :meth:`search` after another: the text encoder runs once per query either way,
+        and the lexical/dense fusion is per query.
+
+        Raises:
+            InputError: ``texts`` not a list of strings, or what :meth:`search` raises.
+        """
+        return [self.search(t, k, **options) for t in _str_seq("texts", texts)]
 
     def search(
         self, text: str, k: int = 10, *, where: Mapping[str, Any] | None = None, mode: str = "hybrid"
@@ -445,6 +642,7 @@ class Recommender:
 
     @property
     def encoder(self) -> TextEncoder:
+        """The bundle's text encoder, loaded on first use (thread-safe; may take a while on a GPU board)."""
         with self._encoder_lock:
             if self._encoder is None:
                 self._encoder, self._encoder_info = open_text_encoder(
@@ -466,7 +664,57 @@ class Recommender:
         return {"loaded": True, **info}
 
     def close(self) -> None:
+        """Close the event store (pending writes are already durable); idempotent. The recommender
+        must not be used afterwards."""
+        if self._closed:
+            return
+        self._closed = True
         self.events.close()
+
+    def __enter__(self) -> Recommender:
+        """``with Recommender.open(bundle) as rec:`` closes the recommender when the block ends."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Shopper(NamedTuple):
+    """What a recommend call reads about one shopper: the user vector (None: no usable history),
+    the collapsed (row, action) steps it was made from, and the rows to leave out (seen items)."""
+
+    u: np.ndarray | None
+    steps: list[tuple[int, int]]
+    seen: frozenset[int]
+
+
+class _Plan(NamedTuple):
+    """How one shopper is ranked: ``path`` (popular, tower, hybrid), the ``pool`` of results before
+    diversity, and how many rows the tower's top-k scan must return (0: no scan)."""
+
+    path: str
+    pool: int
+    want: int
+
+
+def _check_options(k: Any, diversity: Any, ranker: Any) -> None:
+    if ranker not in ("hybrid", "tower"):
+        raise InputError(f"ranker must be 'hybrid' or 'tower', got {ranker!r}")
+    if isinstance(diversity, bool) or not isinstance(diversity, (int, float)) or not 0.0 <= diversity <= 1.0:
+        raise InputError(f"diversity must be a number in [0, 1], got {diversity!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}")
+
+
+def _str_seq(name: str, values: Any) -> list[str]:
+    """A list or tuple of strings as a list (a lone string is refused: it is a sequence of letters)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise InputError(f"{name} must be a list of strings, got {type(values).__name__}")
+    out = list(values)
+    bad = next((v for v in out if not isinstance(v, str)), None)
+    if bad is not None:
+        raise InputError(f"{name} must hold strings only, got {bad!r}")
+    return out
 
 
 def _member(a: np.ndarray, sorted_b: np.ndarray) -> np.ndarray:

@@ -38,6 +38,14 @@ class UnknownItemError(InputError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownFilterValueError(InputError):
+    """A ``where`` filter names a category or brand the catalog does not have; ``field`` names it."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class UnknownBoardError(InputError):
     """A board name has no firmware config."""
 

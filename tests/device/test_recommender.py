@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from shelfrank.device import Recommender
-from shelfrank.errors import BundleError, InputError, SignatureError, UnknownItemError
+from shelfrank.errors import BundleError, InputError, SignatureError, UnknownFilterValueError, UnknownItemError
 
 
 def test_cold_start_is_popularity(rec):
@@ -71,7 +71,14 @@ def test_where_filters(rec, item_ids):
     assert {r.item_id for r in rec.similar(item_ids[1], k=10, where={"allow_ids": allow})} == set(allow)
     deny = [r.item_id for r in rec.similar(item_ids[1], k=3)]
     assert not set(deny) & {r.item_id for r in rec.similar(item_ids[1], k=10, where={"deny_ids": deny})}
-    assert rec.similar(item_ids[1], k=5, where={"category": "no such category"}) == []
+    # a category or brand the catalog lacks is an error naming it (issue 15, defect 9), never a silent []
+    with pytest.raises(UnknownFilterValueError, match="'no such category' is not in catalog version 1") as e:
+        rec.similar(item_ids[1], k=5, where={"category": "no such category"})
+    assert e.value.field == "where.category" and isinstance(e.value, InputError)
+    with pytest.raises(UnknownFilterValueError, match=f"did you mean {category!r}"):
+        rec.recommend("nobody", where={"category": [category, category.lower()]})
+    with pytest.raises(UnknownFilterValueError, match="where\\['brand'\\]"):
+        rec.search("game", where={"brand": [*brands, "Nobrand"]})
 
 
 @pytest.mark.parametrize(
