@@ -117,23 +117,31 @@ def expand_neighbors(
     n0 = len(base.items)
     if base.neighbors is not None:
         bid, bw = (np.asarray(a) for a in base.neighbors)
-        src = np.arange(n) % n0
-        ids = bid[src].astype(np.int64)
-        shifted = ids + ((np.arange(n) // n0) * n0)[:, None]
-        ids = np.where((ids >= 0) & (shifted < n), shifted, ids)
-        return ids.astype(np.int32), np.ascontiguousarray(bw[src], np.float16)
-    m = DEFAULT_NEIGHBORS if m is None else int(m)
-    k = max(0, min(m, n - 1))
-    # distinct offsets 1..n-1 from each item: a cumulative sum of positive gaps that stays below n
-    gap = max(1, (n - 1) // max(k, 1))
-    offsets = np.cumsum(rng.integers(1, gap + 1, (n, k)), axis=1)
-    offsets = rng.permuted(offsets, axis=1)  # the strongest neighbour is anywhere in the catalog
+        m = bid.shape[1]
+    else:
+        m = DEFAULT_NEIGHBORS if m is None else int(m)
+        k = max(0, min(m, n - 1))
+        gap = max(1, (n - 1) // max(k, 1))
+        decay = 1.0 / (1.0 + np.arange(k))
     ids = np.full((n, m), -1, np.int32)
-    ids[:, :k] = (np.arange(n)[:, None] + offsets) % n
     w = np.zeros((n, m), np.float16)
-    scale = rng.lognormal(0.0, 0.5, (n, 1))
-    w[:, :k] = scale / (1.0 + np.arange(k))
+    for lo in range(0, n, _BLOCK):  # in blocks: no (n, M) int64 temporaries at 1M items
+        j = np.arange(lo, min(n, lo + _BLOCK))
+        if base.neighbors is not None:
+            b = bid[j % n0].astype(np.int64)
+            shifted = b + ((j // n0) * n0)[:, None]
+            ids[j] = np.where((b >= 0) & (shifted < n), shifted, b)
+            w[j] = bw[j % n0]
+        elif k:
+            # distinct offsets 1..n-1 from each item: a cumulative sum of positive gaps below n
+            offsets = np.cumsum(rng.integers(1, gap + 1, (len(j), k)), axis=1)
+            offsets = rng.permuted(offsets, axis=1)  # the strongest neighbour is anywhere in the catalog
+            ids[j, :k] = (j[:, None] + offsets) % n
+            w[j, :k] = rng.lognormal(0.0, 0.5, (len(j), 1)) * decay
     return ids, w
+
+
+_BLOCK = 65536
 
 
 _PROBE = textwrap.dedent(
