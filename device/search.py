@@ -1,18 +1,20 @@
 """Search over one catalog: lexical (FTS5 BM25, typo-corrected) and dense (the text encoder's int8
-scan), fused by reciprocal rank fusion. Needs a :class:`Catalog` and a :class:`TextEncoder` only,
-so the export evaluates the same code on its catalog before signing it.
+scan), fused by one weighted score. Needs a :class:`Catalog` and a :class:`TextEncoder` only, so
+the export evaluates (and fits) the same code on its catalog before signing it.
 
-For a query q, with r_d(j) the 1-based rank of item j among the dense candidates and r_l(j) among
-the lexical ones (both after ``where``)::
+For a query q and a candidate item j (after ``where``)::
 
-    score_j = w_dense / (c + r_d(j)) + w_lexical / (c + r_l(j))      (a missing rank adds 0)
+    score_j = w_dense · cos(q, v_j) + w_lexical · bm25_j / max_i bm25_i     (bm25 = 0 if not matched)
 
-The dense candidates are the scan's ``max(candidates, k)`` best rows, so the fused list always
-holds k items when the filter allows k; ties go to the lower row (as ``recommend``). Lexical
-candidates are the items holding every query word (BM25 order), then, when those are fewer than
-``candidates``, the items holding any of them. A query word of ≥ 4 letters that no catalog item
-holds is replaced by the most frequent catalog word one edit away (an adjacent swap, a dropped,
-doubled, inserted or substituted letter), when there is one.
+The candidates are the dense scan's ``max(candidates, k)`` best rows and the lexical
+``candidates`` best, so the fused list holds k items whenever the filter allows k; every
+candidate's cosine is exact, so an item only the FTS found is scored as fairly as the rest. Ties
+go to the lower row (as ``recommend``). Lexical candidates are the items holding every query word
+(BM25 order), then, when those are fewer than ``candidates``, the items holding any of them. A
+query word of ≥ 4 letters that no catalog item holds is replaced by the most frequent catalog word
+one edit away (an adjacent swap, a dropped, doubled, inserted or substituted letter), when there
+is one. Rank fusion (RRF) was measured against this score and lost: an item only one retriever
+finds at rank 1 loses to items both find further down (docs/search.md).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from shelfrank.errors import BundleError, InputError
 logger = logging.getLogger(__name__)
 
 MODES = ("hybrid", "dense", "lexical")
-KIND = "rrf"
+KIND = "weighted"
 #: characters of a query read at all: cut before any tokenizing, so an 800 KB query costs what a
 #: 1 KB one does (the encoder cuts again at its own max_len)
 MAX_QUERY_CHARS = 1024
@@ -44,21 +46,25 @@ MAX_QUERY_CHARS = 1024
 MAX_TERMS = 32
 #: words shorter than this are never corrected (too many catalog words are one edit away)
 MIN_TYPO_LEN = 4
+#: an any-word query keeps the words held by at most this share of the items (or RARE_MIN items)
+RARE_SHARE = 0.02
+RARE_MIN = 200
+MAX_OR_TERMS = 8
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
 @dataclass(frozen=True)
 class SearchParams:
-    """The fusion's parameters (the manifest's ``search`` entry, ``kind: rrf``)."""
+    """The fusion's parameters (the manifest's ``search`` entry, ``kind: weighted``; the weights
+    fitted at export, ``shelfrank.export.search_eval.fit_params``)."""
 
     w_dense: float = 1.0
-    w_lexical: float = 1.0
-    rrf_k: float = 60.0
+    w_lexical: float = 0.5
     candidates: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("w_dense", "w_lexical", "rrf_k"):
+        for name in ("w_dense", "w_lexical"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1e6:
                 raise BundleError(f"search.{name} must be a finite number in [0, 1e6], got {v!r}")
@@ -77,7 +83,7 @@ class SearchParams:
             return cls()
         if not isinstance(entry, Mapping) or entry.get("kind") != KIND:
             raise BundleError(f"manifest search entry must be an object of kind {KIND!r}, got {entry!r:.200}")
-        fields = {f: entry[f] for f in ("w_dense", "w_lexical", "rrf_k", "candidates") if f in entry}
+        fields = {f: entry[f] for f in ("w_dense", "w_lexical", "candidates") if f in entry}
         return cls(**fields)
 
     def to_manifest(self) -> dict[str, Any]:
@@ -150,36 +156,65 @@ def query_words(text: str, lex: LexicalIndex) -> tuple[list[str], bool]:
     return words, prefix and words[-1] == fixed[-1]
 
 
-def lexical(cat: Catalog, text: str, n: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """The lexical candidates: (rows, −BM25 scores) best first, at most ``n``, only rows ``mask``
-    allows; items holding every query word first, then (when fewer than ``n``) those holding any.
-    Empty when the catalog has no usable FTS index."""
+def lexical(cat: Catalog, text: str, n: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """The lexical candidates: (rows best first, their −BM25 scores, how many hold every word).
+
+    At most ``n`` rows, only those ``mask`` allows: the items holding every query word first (BM25
+    order), then, when fewer than ``n``, those holding any of them. Empty when the catalog has no
+    usable FTS index.
+    """
     lex = cat.lexical
+    none = np.zeros(0, np.int64), np.zeros(0, np.float32), 0
     if not lex.available:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return none
     words, prefix = query_words(text, lex)
     if not words:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return none
     # with a filter, every match is fetched and filtered here: a LIMIT before the filter could
-    # leave none of the allowed rows (the FTS still scores every match either way)
+    # leave none of the allowed rows (the FTS scores every match either way)
     limit = n if mask is None else None
-    rows: list[int] = []
-    scores: list[float] = []
-    have: set[int] = set()
+    got: list[tuple[int, float]] = []
+    n_all = 0
     for any_word in (False, True) if len(words) > 1 else (False,):
-        got = lex.query(words, limit=limit, prefix_last=prefix, any_word=any_word)
+        use, pre = words, prefix
+        if any_word:
+            use = _rare(words, lex.vocabulary(), len(cat))
+            pre = prefix and use[-1] == words[-1]
+        part = lex.query(use, limit=limit, prefix_last=pre, any_word=any_word)
         if mask is not None:
-            got = [(r, s) for r, s in got if r < len(mask) and mask[r]]
-        got = [(r, s) for r, s in got if r not in have][: n - len(rows)]
-        if rows and got:  # below every all-words row, in their own BM25 order
-            shift = min(scores) - max(s for _, s in got) - 1.0
-            got = [(r, s + shift) for r, s in got]
-        rows += [r for r, _ in got]
-        scores += [s for _, s in got]
-        have.update(r for r, _ in got)
-        if len(rows) >= n:
+            part = [(r, s) for r, s in part if r < len(mask) and mask[r]]
+        if got:
+            have = {r for r, _ in got}
+            part = [(r, s) for r, s in part if r not in have]
+        got += part[: n - len(got)]
+        if not any_word:
+            n_all = len(got)
+        if len(got) >= n:
             break
-    return np.asarray(rows, np.int64), np.asarray(scores, np.float32)
+    rows = np.fromiter((r for r, _ in got), np.int64, len(got))
+    return rows, np.fromiter((s for _, s in got), np.float32, len(got)), n_all
+
+
+def _rare(words: list[str], vocab: Mapping[str, int], n_items: int) -> list[str]:
+    """The words an any-word query keeps, in query order: those held by at most
+    :data:`RARE_SHARE` of the items (at most :data:`MAX_OR_TERMS`, the rarest), else the two rarest.
+
+    A word most items hold (``game``, ``for``) adds little to BM25 and makes FTS score every item
+    that holds it: an any-word query over it costs ~20× an all-words one.
+    """
+    df = {w: vocab.get(w, 0) for w in words}
+    by_rarity = sorted(words, key=lambda w: (df[w], words.index(w)))
+    keep = [w for w in by_rarity if df[w] <= max(RARE_MIN, RARE_SHARE * n_items)][:MAX_OR_TERMS] or by_rarity[:2]
+    return [w for w in words if w in keep]
+
+
+def lexical_scores(scores: np.ndarray, n_all: int) -> np.ndarray:
+    """Scores for a lexical-only result list that decrease along it: the rows holding only some of
+    the words move below the last row holding all of them (their BM25 order kept)."""
+    out = scores.astype(np.float32, copy=True)
+    if 0 < n_all < len(out):
+        out[n_all:] += out[:n_all].min() - out[n_all:].max() - 1.0
+    return out
 
 
 def dense(
@@ -191,15 +226,41 @@ def dense(
     return ids[ok].astype(np.int64), scores[ok]
 
 
-def fuse(d_rows: np.ndarray, l_rows: np.ndarray, p: SearchParams, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reciprocal rank fusion of two candidate lists (best first): the k best (rows, scores)."""
+def candidates(
+    cat: Catalog,
+    q: np.ndarray,
+    text: str,
+    n: int,
+    mask: np.ndarray | None,
+    params: SearchParams,
+    *,
+    threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fusion's inputs: (candidate rows ascending, their cosine to ``q``, their lexical feature).
+
+    The candidates are the dense scan's ``max(params.candidates, n)`` best rows and the lexical
+    ``params.candidates``; every candidate's cosine is its exact (dequantised) one, the lexical
+    feature is −BM25 / the best −BM25 of the query (0 for a row the FTS did not return).
+    """
+    d_rows, _ = dense(cat, q, max(params.candidates, n), mask, threads=threads)
+    l_rows, l_scores, _ = lexical(cat, text, params.candidates, mask)
     cand = np.union1d(d_rows, l_rows)
-    score = np.zeros(len(cand), np.float64)
-    for rows, w in ((d_rows, p.w_dense), (l_rows, p.w_lexical)):
-        if len(rows):
-            score[np.searchsorted(cand, rows)] += w / (p.rrf_k + np.arange(1, len(rows) + 1))
+    cos = cat.vectors(cand) @ np.asarray(q, np.float32)
+    lex = np.zeros(len(cand), np.float32)
+    if len(l_rows):
+        top = float(l_scores.max())
+        if top > 0:
+            lex[np.searchsorted(cand, l_rows)] = np.maximum(l_scores, 0) / top
+    return cand, cos.astype(np.float32), lex
+
+
+def fuse(
+    cand: np.ndarray, cos: np.ndarray, lex: np.ndarray, params: SearchParams, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (rows, fused scores) of the candidates: w_dense · cosine + w_lexical · lexical."""
+    score = np.float32(params.w_dense) * cos + np.float32(params.w_lexical) * lex
     o = order(score, cand)[:k]
-    return cand[o], score[o].astype(np.float32)
+    return cand[o], score[o]
 
 
 def search(
@@ -217,8 +278,8 @@ def search(
 
     ``mode``: ``"hybrid"`` (fused; dense-only when the catalog has no usable FTS index),
     ``"dense"`` (the encoder's vector scan; score = cosine) or ``"lexical"`` (FTS only; score =
-    −BM25; fewer than k when fewer items match). No default filter: an out-of-stock item is found
-    unless ``where`` says otherwise.
+    −BM25, the rows holding every word first; fewer than k when fewer items match). No default
+    filter: an out-of-stock item is found unless ``where`` says otherwise.
 
     Raises:
         InputError: text not a string or only whitespace, k not a positive integer, an unknown
@@ -231,14 +292,30 @@ def search(
     text = clean_query(text)
     mask = cat.mask(where)
     p = params or SearchParams()
-    if mode == "lexical":
-        rows, scores = lexical(cat, text, k, mask)
-        return rows, scores
-    if encoder is None:
+    if mode != "lexical" and encoder is None:
         raise InputError(f"search mode {mode!r} needs the text encoder")
-    q = encoder.encode([text])[0]
+    q = None if mode == "lexical" else encoder.encode([text])[0]
+    return ranked(cat, q, text, k, mask, mode=mode, params=p, threads=threads)
+
+
+def ranked(
+    cat: Catalog,
+    q: np.ndarray | None,
+    text: str,
+    k: int,
+    mask: np.ndarray | None,
+    *,
+    mode: str,
+    params: SearchParams,
+    threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`search` for a cleaned query whose vector ``q`` is already made (the export embeds its
+    query sets in batches): the k best (rows, scores)."""
+    if mode == "lexical":
+        rows, scores, n_all = lexical(cat, text, k, mask)
+        return rows, lexical_scores(scores, n_all)
+    if q is None:
+        raise InputError(f"search mode {mode!r} needs the query vector")
     if mode == "dense" or not cat.lexical.available:
         return dense(cat, q, k, mask, threads=threads)
-    d_rows, _ = dense(cat, q, max(p.candidates, k), mask, threads=threads)
-    l_rows, _ = lexical(cat, text, p.candidates, mask)
-    return fuse(d_rows, l_rows, p, k)
+    return fuse(*candidates(cat, q, text, k, mask, params, threads=threads), params, k)
