@@ -13,7 +13,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from shelfrank.device.catalog_files import NEIGHBOR_FILES
+from shelfrank.device.formats import REASONS as REASONS  # re-exported: what Item.reason takes
 from shelfrank.device.formats import ROW_SCALE_MAX
+from shelfrank.device.formats import SCORE_KINDS as SCORE_KINDS  # and Item.score_kind
 from shelfrank.device.lexical import LexicalIndex
 from shelfrank.errors import BundleError, InputError, UnknownFilterValueError, UnknownItemError
 
@@ -22,17 +24,8 @@ logger = logging.getLogger(__name__)
 WHERE_KEYS = ("category", "brand", "min_price", "max_price", "in_stock", "allow_ids", "deny_ids")
 
 
-#: why an item is in a result (``Item.reason``): the shopper's recent items (the tower, or an item
-#: seen before), the co-occurrence neighbours of their recent items (the hybrid ranker), the
-#: bundle's popularity (no history yet), a text query, or closeness to one item (``similar``)
-REASONS = ("history", "co-occurrence", "popular", "search", "similar")
-#: what ``Item.score`` measures: cosine similarity to the query (the user vector, an item or the
-#: text), the hybrid ranker's fused score, or the bundle's popularity (cold start)
-SCORE_KINDS = ("cosine", "fused", "popularity")
-
-
 class Reason(NamedTuple):
-    """Why one item is in a result: ``kind`` (one of :data:`REASONS`), the item ids that drove it
+    """Why one item is in a result: ``kind`` (one of ``REASONS``), the item ids that drove it
     (the shopper's recent items, or the query item) and one English sentence for a shop's screen."""
 
     kind: str
@@ -51,10 +44,11 @@ class Item:
     """One recommended item: what a shop's app shows, and why it is there.
 
     ``score`` is higher-is-better within one result list; ``score_kind`` says what it measures
-    (:data:`SCORE_KINDS`: a popularity is no cosine similarity, so never compare the two).
-    ``reason`` is one of :data:`REASONS`, ``reason_items`` the item ids that drove it (e.g. the
-    recent item the result is closest to) and ``reason_text`` says it in English
-    ("because you viewed SKU-1"); an app that localises builds its own text from the first two.
+    (``SCORE_KINDS``: a popularity is no cosine similarity, so never compare the two).
+    ``reason`` is one of ``REASONS`` (both from :mod:`shelfrank.device.formats`), ``reason_items``
+    the item ids that drove it (e.g. the recent item the result is closest to) and ``reason_text``
+    says it in English ("because you viewed “Trail Tent”"); an app that localises builds its own
+    text from the first two.
     """
 
     item_id: str
@@ -190,7 +184,7 @@ class Catalog:
 
         Args:
             rows, scores: the rows, best first, and their scores.
-            score_kind: what the scores measure (:data:`SCORE_KINDS`).
+            score_kind: what the scores measure (``SCORE_KINDS``).
             reasons: one :class:`Reason` for every row, or one per row (default: a search match).
         """
         out = []
@@ -330,11 +324,23 @@ def load_neighbors(root: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
         )
     if w.dtype != np.float16 or w.shape != ids.shape:
         raise BundleError(f"{w_path}: expected float16 {ids.shape} neighbour weights, got {w.dtype} {w.shape}; {fix}")
-    # checked in blocks: no full-size temporary on a 1M-item catalog
-    for s in range(0, n, 65536):
-        bi, bw = ids[s : s + 65536], w[s : s + 65536]
+    # checked in blocks read from the files, not through the mappings: the check neither makes a
+    # full-size temporary nor leaves the whole table resident (a query touches only the rows it gathers)
+    for bi, bw in zip(_blocks(ids_path, ids), _blocks(w_path, w)):
         if bi.size and (bi.min() < -1 or bi.max() >= n):
             raise BundleError(f"{ids_path}: field ids: a neighbour id outside -1..{n - 1}; {fix}")
         if bw.size and not (np.isfinite(bw).all() and bw.min() >= 0):
             raise BundleError(f"{w_path}: field weights: NaN, inf or negative weights; {fix}")
     return ids, w
+
+
+def _blocks(path: Path, mapped: np.ndarray, rows: int = 65536):
+    """The rows of the .npy at ``path`` (``mapped`` is its mapping: dtype, shape, offset), in blocks."""
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        major, _ = fmt.read_magic(f)
+        (fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0)(f)  # the header's length varies
+        row_bytes = mapped.dtype.itemsize * int(np.prod(mapped.shape[1:], dtype=np.int64))
+        for _ in range(0, mapped.shape[0], rows):
+            buf = f.read(rows * row_bytes)
+            yield np.frombuffer(buf, mapped.dtype).reshape(-1, *mapped.shape[1:])
