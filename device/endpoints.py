@@ -25,7 +25,13 @@ from shelfrank import __version__
 from shelfrank.device import formats as fmt
 from shelfrank.device.formats import MAX_K
 from shelfrank.device.kernel import active_isa
-from shelfrank.errors import EventStoreBusyError, InputError, RequestBodyError, UnknownItemError
+from shelfrank.errors import (
+    EventStoreBusyError,
+    InputError,
+    RequestBodyError,
+    UnknownFilterValueError,
+    UnknownItemError,
+)
 
 __all__ = ["MAX_BODY", "MAX_K", "SEARCH_BODY", "SMALL_BODY", "RequestError", "Service", "openapi_spec"]
 
@@ -35,6 +41,7 @@ logger = logging.getLogger("shelfrank.device.serve")
 MAX_BODY = 1 << 20  # bytes; the largest body any operation takes (recommend/similar: long id lists)
 SMALL_BODY = 16 << 10  # record, history, forget and the GETs: two ids and an action
 SEARCH_BODY = 64 << 10  # search: the encoder reads max_len x encoder.CHARS_PER_TOKEN characters anyway
+SEARCH_MANY_BODY = MAX_BODY  # search_many: up to MAX_BATCH_TEXTS texts (16 KiB each on average)
 
 # ---- the operations: paths, bodies, limits, and the OpenAPI description made from them ---------
 
@@ -81,6 +88,23 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         (),
         SEARCH_BODY,
     ),
+    ("POST", "/v1/recommend_many"): _Op(
+        "recommend_many",
+        fmt.RecommendManyRequest,
+        fmt.RecommendManyResponse,
+        "recommend for many shoppers (one catalog version, one batch scan): one result list per user id, "
+        "in order, each equal to recommend's.",
+        (),
+        MAX_BODY,
+    ),
+    ("POST", "/v1/search_many"): _Op(
+        "search_many",
+        fmt.SearchManyRequest,
+        fmt.SearchManyResponse,
+        "search for many texts: one result list per text, in order, each equal to search's.",
+        (),
+        SEARCH_MANY_BODY,
+    ),
     ("POST", "/v1/history"): _Op(
         "history",
         fmt.UserRequest,
@@ -122,7 +146,8 @@ _STATUS_TEXT = {
     411: "No Content-Length (chunked bodies are not accepted).",
     413: "Body over this operation's size limit.",
     415: "Content-Type is not application/json (charset utf-8).",
-    422: "A field is missing, unknown, of the wrong type or out of range.",
+    422: "A field is missing, unknown, of the wrong type or out of range, or a where filter names a category "
+    "or brand the catalog lacks (error = unknown_filter_value, field = where.category or where.brand).",
     500: "A bug in the service (the traceback is logged); never caused by client input.",
     503: "The service is shutting down, at its connection limit, or (health) unhealthy.",
 }
@@ -236,7 +261,21 @@ def _items(items: list) -> list[fmt.Item]:
     for it in items:
         if not math.isfinite(it.score):  # msgspec would write null; a NaN score is a bug in the runtime
             raise RuntimeError(f"item {it.item_id!r} has a non-finite score {it.score}")
-        out.append(fmt.Item(it.item_id, it.score, it.title, it.category, it.brand, it.price, it.in_stock))
+        out.append(
+            fmt.Item(
+                it.item_id,
+                it.score,
+                it.title,
+                it.category,
+                it.brand,
+                it.price,
+                it.in_stock,
+                it.score_kind,
+                it.reason,
+                list(it.reason_items),
+                it.reason_text,
+            )
+        )
     return out
 
 
@@ -272,6 +311,8 @@ class Service:
             "recommend": self._recommend,
             "similar": self._similar,
             "search": self._search,
+            "recommend_many": self._recommend_many,
+            "search_many": self._search_many,
             "history": self._history,
             "forget": self._forget,
             "health": self._health,
@@ -332,6 +373,9 @@ class Service:
         except RequestBodyError as e:
             status, kind = (400, "invalid_json") if e.malformed else (422, "validation_error")
             return self._count(name, status, error_body(RequestError(status, kind, str(e), field=e.field)), {})
+        except UnknownFilterValueError as e:  # before InputError: it names the field
+            err = RequestError(422, "unknown_filter_value", str(e), field=e.field)
+            return self._count(name, 422, error_body(err), {})
         except UnknownItemError as e:
             err = RequestError(404, "unknown_item", f"item_id: {e}", field="item_id")
             return self._count(name, 404, error_body(err), {})
@@ -412,6 +456,20 @@ class Service:
     def _search(self, a: fmt.SearchRequest) -> fmt.SearchResponse:
         version = self.rec.catalog.version
         return fmt.SearchResponse(version, _items(self.rec.search(a.text, a.k, where=_where(a.where))))
+
+    def _recommend_many(self, a: fmt.RecommendManyRequest) -> fmt.RecommendManyResponse:
+        version = self.rec.catalog.version
+        lists = self.rec.recommend_many(
+            a.user_ids, a.k, exclude_seen=a.exclude_seen, where=_where(a.where), diversity=a.diversity, ranker=a.ranker
+        )
+        return fmt.RecommendManyResponse(
+            version, [fmt.UserItems(u, _items(items)) for u, items in zip(a.user_ids, lists)]
+        )
+
+    def _search_many(self, a: fmt.SearchManyRequest) -> fmt.SearchManyResponse:
+        version = self.rec.catalog.version
+        lists = self.rec.search_many(a.texts, a.k, where=_where(a.where))
+        return fmt.SearchManyResponse(version, [fmt.TextItems(t, _items(items)) for t, items in zip(a.texts, lists)])
 
     def _history(self, a: fmt.UserRequest) -> fmt.HistoryResponse:
         events = [fmt.Event(e.item_id, e.action, e.ts) for e in self.rec.history(a.user_id)]

@@ -681,6 +681,10 @@ def board_config(data: Any, where: str, error: type[ShelfrankError]) -> BoardCon
 
 #: the most items one request may ask for
 MAX_K = 1000
+#: the most shoppers one recommend_many request may name
+MAX_BATCH_USERS = 256
+#: the most texts one search_many request may carry
+MAX_BATCH_TEXTS = 64
 #: the longest id (shopper or item) a request may carry
 MAX_ID_CHARS = 1024
 
@@ -778,14 +782,50 @@ class SimilarRequest(_Body):
     where: Where | msgspec.UnsetType = _UNSET
 
 
+SearchText = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        pattern=r"\S",
+        description="Free text; only its first few hundred words are read (the encoder's max_len tokens).",
+        examples=["wireless headphones"],
+    ),
+]
+
+
 class SearchRequest(_Body):
-    text: Annotated[
-        str,
+    text: SearchText
+    k: ItemCount = 10
+    where: Where | msgspec.UnsetType = _UNSET
+
+
+class RecommendManyRequest(_Body):
+    """``recommend`` for many shoppers at once: the same options for all of them."""
+
+    user_ids: Annotated[
+        list[RequestUserId],
         Meta(
             min_length=1,
-            pattern=r"\S",
-            description="Free text; only its first few hundred words are read (the encoder's max_len tokens).",
-            examples=["wireless headphones"],
+            max_length=MAX_BATCH_USERS,
+            description=f"The shoppers (1 to {MAX_BATCH_USERS}); one result list each, in this order.",
+        ),
+    ]
+    k: ItemCount = 10
+    exclude_seen: Annotated[bool, Meta(description="Leave out items in each shopper's history.")] = True
+    where: Where | msgspec.UnsetType = _UNSET
+    diversity: Annotated[float, Meta(ge=0.0, le=1.0, description="As in recommend.")] = 0.0
+    ranker: Annotated[Ranker, Meta(description="As in recommend.")] = "hybrid"
+
+
+class SearchManyRequest(_Body):
+    """``search`` for many texts at once: the same options for all of them."""
+
+    texts: Annotated[
+        list[SearchText],
+        Meta(
+            min_length=1,
+            max_length=MAX_BATCH_TEXTS,
+            description=f"The queries (1 to {MAX_BATCH_TEXTS}); one result list each, in this order.",
         ),
     ]
     k: ItemCount = 10
@@ -796,7 +836,15 @@ class UserRequest(_Body):
     user_id: RequestUserId
 
 
-REQUEST_BODIES: tuple[type[_Body], ...] = (RecordRequest, RecommendRequest, SimilarRequest, SearchRequest, UserRequest)
+REQUEST_BODIES: tuple[type[_Body], ...] = (
+    RecordRequest,
+    RecommendRequest,
+    SimilarRequest,
+    SearchRequest,
+    UserRequest,
+    RecommendManyRequest,
+    SearchManyRequest,
+)
 _DECODERS = {t: msgspec.json.Decoder(t) for t in REQUEST_BODIES}
 _BodyT = TypeVar("_BodyT", bound=_Body)
 _LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
@@ -896,16 +944,25 @@ class _Out(msgspec.Struct):
     """A response body."""
 
 
+#: why an item is in an answer (``Item.reason``): the shopper's recent items (the user tower, or an
+#: item seen before), the co-occurrence neighbours of their recent items (the hybrid ranker), the
+#: bundle's popularity (a shopper without history), a text query, or closeness to one item (similar)
+REASONS = ("history", "co-occurrence", "popular", "search", "similar")
+#: what ``Item.score`` measures: cosine similarity to the query (user vector, item or text), a
+#: fused score (the hybrid ranker), or the bundle's popularity (cold start)
+SCORE_KINDS = ("cosine", "fused", "popularity")
+
+
 class Item(_Out):
-    """One item of an answer: what a shop's app shows (named Item and Event for OpenAPI tools, which
-    infer resources, and links between operations, from schema names)."""
+    """One item of an answer: what a shop's app shows, and why it is there (named Item and Event for
+    OpenAPI tools, which infer resources, and links between operations, from schema names)."""
 
     item_id: str
     score: Annotated[
         float,
         Meta(
-            description="Higher is better: cosine similarity (similar, search, recommend with the tower), the "
-            "fused score (recommend with the hybrid ranker), popularity (a shopper without history)."
+            description="Higher is better within one answer; score_kind says what it measures (never compare "
+            "scores of different kinds)."
         ),
     ]
     title: str
@@ -913,6 +970,23 @@ class Item(_Out):
     brand: str | None
     price: float | None
     in_stock: bool
+    score_kind: Annotated[
+        typing.Literal[SCORE_KINDS],  # type: ignore[valid-type]
+        Meta(
+            description="cosine: similarity to the query (similar, search, recommend with the tower); fused: the "
+            "hybrid ranker's score; popularity: the bundle's popularity (a shopper without history)."
+        ),
+    ]
+    reason: Annotated[
+        typing.Literal[REASONS],  # type: ignore[valid-type]
+        Meta(
+            description="history: close to the shopper's recent item in reason_items; co-occurrence: often "
+            "chosen with the recent items in reason_items (best first); popular: a shopper without history; "
+            "search: matches the text; similar: close to the item in reason_items."
+        ),
+    ]
+    reason_items: Annotated[list[str], Meta(description="The item ids that drove the reason (may be empty).")]
+    reason_text: Annotated[str, Meta(min_length=1, description="The reason in English, e.g. “because you viewed …”.")]
 
 
 class Event(_Out):
@@ -936,6 +1010,7 @@ ERROR_KINDS = (
     "request_timeout",
     "unavailable",
     "unknown_item",
+    "unknown_filter_value",
     "unsupported_media_type",
     "uri_too_long",
     "validation_error",
@@ -973,6 +1048,26 @@ class SimilarResponse(_Out):
 class SearchResponse(_Out):
     catalog_version: int
     items: list[Item]
+
+
+class UserItems(_Out):
+    user_id: str
+    items: list[Item]
+
+
+class RecommendManyResponse(_Out):
+    catalog_version: Annotated[int, Meta(description="One catalog version for every shopper of the batch.")]
+    results: Annotated[list[UserItems], Meta(description="One entry per user id, in the request's order.")]
+
+
+class TextItems(_Out):
+    text: str
+    items: list[Item]
+
+
+class SearchManyResponse(_Out):
+    catalog_version: int
+    results: Annotated[list[TextItems], Meta(description="One entry per text, in the request's order.")]
 
 
 class HistoryResponse(_Out):
@@ -1031,6 +1126,8 @@ RESPONSE_BODIES: tuple[type[_Out], ...] = (
     RecommendResponse,
     SimilarResponse,
     SearchResponse,
+    RecommendManyResponse,
+    SearchManyResponse,
     HistoryResponse,
     ForgetResponse,
     HealthResponse,
