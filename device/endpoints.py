@@ -69,7 +69,7 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         fmt.RecommendRequest,
         fmt.RecommendResponse,
         "Items for this shopper, best first; popular items when they have no history yet.",
-        (),
+        (404,),
         MAX_BODY,
     ),
     ("POST", "/v1/similar"): _Op(
@@ -85,7 +85,7 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         fmt.SearchRequest,
         fmt.SearchResponse,
         "Items matching free text, embedded on the device with the bundle's encoder.",
-        (),
+        (404,),
         SEARCH_BODY,
     ),
     ("POST", "/v1/recommend_many"): _Op(
@@ -94,7 +94,7 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         fmt.RecommendManyResponse,
         "recommend for many shoppers (one catalog version, one batch scan): one result list per user id, "
         "in order, each equal to recommend's.",
-        (),
+        (404,),
         MAX_BODY,
     ),
     ("POST", "/v1/search_many"): _Op(
@@ -102,7 +102,7 @@ _OPERATIONS: dict[tuple[str, str], _Op] = {
         fmt.SearchManyRequest,
         fmt.SearchManyResponse,
         "search for many texts: one result list per text, in order, each equal to search's.",
-        (),
+        (404,),
         SEARCH_MANY_BODY,
     ),
     ("POST", "/v1/history"): _Op(
@@ -141,13 +141,13 @@ _PATHS["/openapi.json"] = {"GET": "openapi"}
 _STATUS_TEXT = {
     200: "OK",
     400: "Malformed request: invalid JSON, a body that is not UTF-8, or broken HTTP framing.",
-    404: "Unknown item id (error = unknown_item).",
+    404: "Unknown item id (error = unknown_item), or a where filter names a category or brand the catalog "
+    "lacks (error = unknown_filter_value, field = where.category or where.brand).",
     408: "The request did not arrive in full within the request deadline.",
     411: "No Content-Length (chunked bodies are not accepted).",
     413: "Body over this operation's size limit.",
     415: "Content-Type is not application/json (charset utf-8).",
-    422: "A field is missing, unknown, of the wrong type or out of range, or a where filter names a category "
-    "or brand the catalog lacks (error = unknown_filter_value, field = where.category or where.brand).",
+    422: "A field is missing, unknown, of the wrong type or out of range.",
     500: "A bug in the service (the traceback is logged); never caused by client input.",
     503: "The service is shutting down, at its connection limit, or (health) unhealthy.",
 }
@@ -373,9 +373,9 @@ class Service:
         except RequestBodyError as e:
             status, kind = (400, "invalid_json") if e.malformed else (422, "validation_error")
             return self._count(name, status, error_body(RequestError(status, kind, str(e), field=e.field)), {})
-        except UnknownFilterValueError as e:  # before InputError: it names the field
-            err = RequestError(422, "unknown_filter_value", str(e), field=e.field)
-            return self._count(name, 422, error_body(err), {})
+        except UnknownFilterValueError as e:  # like an unknown item id: the catalog has no such entry
+            err = RequestError(404, "unknown_filter_value", str(e), field=e.field)
+            return self._count(name, 404, error_body(err), {})
         except UnknownItemError as e:
             err = RequestError(404, "unknown_item", f"item_id: {e}", field="item_id")
             return self._count(name, 404, error_body(err), {})

@@ -63,7 +63,7 @@ def test_recommend_where_filters(client, rec):
     assert status == 200 and sorted(it["item_id"] for it in doc["items"]) == sorted(allow[1:])
     # a brand the catalog lacks is refused naming the field, as the library does (issue 15, defect 9)
     status, doc = client.post("/v1/recommend", {"user_id": "nobody", "where": {"brand": ["no such brand"]}})
-    assert (status, doc["error"], doc["field"]) == (422, "unknown_filter_value", "where.brand")
+    assert (status, doc["error"], doc["field"]) == (404, "unknown_filter_value", "where.brand")
     assert "'no such brand' is not in catalog version" in doc["message"]
 
 

@@ -79,9 +79,9 @@ def test_bad_batch_bodies_name_the_field(hybrid_client, path, body, field):
 
 def test_unknown_filter_value_in_a_batch(hybrid_client):
     status, doc = hybrid_client.post("/v1/recommend_many", {"user_ids": ["u"], "where": {"category": "Nope"}})
-    assert (status, doc["error"], doc["field"]) == (422, "unknown_filter_value", "where.category")
+    assert (status, doc["error"], doc["field"]) == (404, "unknown_filter_value", "where.category")
     status, doc = hybrid_client.post("/v1/search_many", {"texts": ["game"], "where": {"brand": ["Nope"]}})
-    assert (status, doc["error"], doc["field"]) == (422, "unknown_filter_value", "where.brand")
+    assert (status, doc["error"], doc["field"]) == (404, "unknown_filter_value", "where.brand")
 
 
 def test_openapi_describes_the_batch_endpoints_and_the_reasons():
