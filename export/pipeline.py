@@ -30,6 +30,7 @@ from shelfrank.device.text import history_text, item_text
 from shelfrank.errors import ExportValidationError
 from shelfrank.export.bundle_writer import replace_dir, write_bundle
 from shelfrank.export.data import Dataset, Split, leave_one_out
+from shelfrank.export.search_eval import evaluate_rows, render_search
 
 logger = logging.getLogger(__name__)
 
@@ -519,6 +520,9 @@ def run_export(
         seqs = ds.sequences()
         popularity = ev.popularity_scores(seqs, n)
         nbr_ids, nbr_w, _ = fu.build_table(seqs, n, p.neighbors)
+        quality["search"] = evaluate_rows(
+            ds, rows8, scales, work / "encoder.onnx", tok_path, max_len=p.max_len, seed=p.seed
+        )
         log = (work / "export.log").read_text() if (work / "export.log").exists() else ""
         manifest = write_bundle(
             out,
@@ -546,6 +550,7 @@ def run_export(
             },
             encoders={"fp16": (work / "encoder_fp16.onnx", _fp16_manifest(quality["parity_fp16"]))} if fp16 else None,
             meta={
+                "search": quality["search"]["fusion"],
                 "preset": asdict(p),
                 "quality": {
                     name: {k: m[k] for k in ("recall@10", "ndcg@10", "recall@50")}
@@ -833,6 +838,8 @@ def render_quality(q: dict) -> str:
                 f"| {name} | {v['p50_ms']:.2f} | {v['p95_ms']:.2f} | {v['speedup_vs_teacher_history']} | "
                 f"{v.get('file_mb', '')} |"
             )
+    if "search" in q:
+        lines += render_search(q["search"])
     if "stages_s" in q:
         lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in q["stages_s"].items())]
     return "\n".join(lines) + "\n"

@@ -284,3 +284,27 @@ def render_search(r: dict[str, Any]) -> list[str]:
     if not r["hybrid_at_least_dense"]:
         lines.append("**Search: hybrid is below dense-only on some query set and metric.**")
     return lines
+
+
+def evaluate_rows(
+    ds: Dataset,
+    rows8: np.ndarray,
+    scales: np.ndarray,
+    encoder_file: str | Path,
+    tokenizer_file: str | Path,
+    *,
+    max_len: int,
+    seed: int = 0,
+    n_queries: int = 200,
+) -> dict[str, Any]:
+    """:func:`evaluate_search` on a temporary catalog folder written from the bundle's rows the way
+    the bundle's is (``write_catalog_dir``, so with the same FTS index), with the bundle's encoder:
+    the export's report before it signs. Returns the dict for quality.json's ``search`` key."""
+    from shelfrank.device.catalog_files import CatalogData, write_catalog_dir
+
+    items = [{**ds.catalog.record(i), "popularity": 0.0} for i in range(len(ds.catalog))]
+    enc = TextEncoder(encoder_file, tokenizer_file, max_len=max_len, threads=1)
+    with tempfile.TemporaryDirectory(prefix="shelfrank-search-") as tmp:
+        write_catalog_dir(tmp, CatalogData(items, rows8, np.asarray(scales, np.float32)), fsync=False)
+        report, _ = evaluate_search(ds, tmp, enc, n_queries=n_queries, seed=seed)
+    return report
