@@ -341,3 +341,35 @@ def test_result_records_come_from_the_item_table(tmp_path):
         it = cat.item(row)
         assert [it.item_id, it.title, it.category, it.brand, it.price, it.in_stock] == [*want[:5], bool(want[5])]
     con.close()
+
+
+def test_with_block_closes_and_close_is_idempotent(bundle_and_key, tmp_path):
+    bundle, pub = bundle_and_key
+    with Recommender.open(bundle, public_key=pub, state_dir=tmp_path / "s") as r:
+        r.record("w", r.catalog.item_ids[0], "view")
+        assert r.recommend("w", k=2)
+    with pytest.raises(Exception, match="closed"):
+        r.events.history("someone-not-cached")  # the event store's connection is closed
+    r.close()  # again: no error
+    with Recommender.open(bundle, public_key=pub, state_dir=tmp_path / "s") as r2:
+        assert [e.item_id for e in r2.history("w")] == [r2.catalog.item_ids[0]]  # the event was durable
+
+
+@pytest.mark.parametrize("xdg", ["", "relative/state", "."])
+def test_an_empty_or_relative_xdg_state_home_is_ignored(bundle_and_key, tmp_path, monkeypatch, xdg):
+    """Issue 15, defect 8: the XDG spec says to ignore such values; they must not put shopper
+    history under the working directory."""
+    from shelfrank.device.recommender import _state_dir_for
+
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SHELFRANK_STATE", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", xdg)
+    monkeypatch.chdir(cwd)
+    state = _state_dir_for(bundle_and_key[0], None)
+    assert state.is_absolute() and state.is_relative_to(home / ".local" / "state" / "shelfrank")
+    Recommender.open(bundle_and_key[0], public_key=bundle_and_key[1]).close()
+    assert (state / "events.sqlite").exists() and not any(cwd.iterdir())
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))  # an absolute one is used
+    assert _state_dir_for(bundle_and_key[0], None).is_relative_to(tmp_path / "xdg" / "shelfrank")
