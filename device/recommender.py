@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from shelfrank.device import bundle as bfmt
-from shelfrank.device.catalog import POPULAR, SEARCH_MATCH, Catalog, Item, Reason
+from shelfrank.device.catalog import POPULAR, Catalog, Item, Reason
 from shelfrank.device.encoder import TextEncoder, make_session, open_text_encoder, provider_names
 from shelfrank.device.events import Event, EventStore
 from shelfrank.device.history import collapse, tower_inputs
@@ -291,23 +291,6 @@ class Recommender:
         with self._lock:
             self._cache[user_id] = (gen, cat.version, vec, steps)
         return vec, steps
-
-    def _rank(
-        self,
-        cat: Catalog,
-        query: np.ndarray | None,
-        k: int,
-        mask: np.ndarray | None,
-        skip: frozenset[int] = frozenset(),
-    ) -> list[Item]:
-        """The k best rows for ``query`` as items: cosine scores with a search-match reason, or
-        (``query`` None) popularity scores with the cold-start reason. See :meth:`_rank_rows`."""
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InputError(f"k must be a positive integer, got {k!r}")
-        rows, scores = self._rank_rows(cat, query, k, mask, skip)
-        if query is None:
-            return cat.items(rows, scores, score_kind="popularity", reasons=POPULAR)
-        return cat.items(rows, scores, score_kind="cosine", reasons=SEARCH_MATCH)
 
     def _rank_rows(
         self,

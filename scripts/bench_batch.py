@@ -81,7 +81,34 @@ def latency(rec, user: str, k: int, calls: int) -> dict:
                 ts[name].append(time.perf_counter() - t0)
     out = {n: {"p50_ms": _p(t, 50), "p95_ms": _p(t, 95)} for n, t in ts.items()}
     out["hybrid/tower p50"] = out["hybrid"]["p50_ms"] / out["tower"]["p50_ms"]
+    if hasattr(rec, "_reasons"):  # the explanations' share: Recommender._reasons timed inside the calls
+        for ranker in ("hybrid", "tower"):
+            out[ranker]["reasons_p50_ms"] = _p(
+                _time_inside(rec, "_reasons", lambda r=ranker: rec.recommend(user, k, ranker=r), calls), 50
+            )
     return out
+
+
+def _time_inside(rec, method: str, call, calls: int) -> list[float]:
+    """Seconds spent in ``rec.<method>`` per ``call()`` (the method wrapped on the instance)."""
+    plain = getattr(rec, method)
+    spent: list[float] = []
+
+    def timed(*a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return plain(*a, **kw)
+        finally:
+            spent.append(time.perf_counter() - t0)
+
+    setattr(rec, method, timed)
+    try:
+        for _ in range(calls):
+            rec._cache.clear()
+            call()
+    finally:
+        delattr(rec, method)
+    return spent
 
 
 def batch(rec, users: list[str], k: int, runs: int) -> dict:
@@ -174,12 +201,16 @@ def print_md(report: dict, a: argparse.Namespace) -> None:
         f"{s['cpu']}, {s['cpus']} CPUs, ISA {s['isa']}, threads {s['threads']}, Python {s['python']}, "
         f"numpy {s['numpy']}, onnxruntime {s['onnxruntime']}, commit {s['commit']}; dim {a.dim}, k {a.k}"
     )
-    print("\n| items | hybrid p50/p95 ms | tower p50/p95 ms | cold p50/p95 ms | hybrid/tower p50 |")
-    print("|---:|---:|---:|---:|---:|")
+    print(
+        "\n| items | hybrid p50/p95 ms | tower p50/p95 ms | cold p50/p95 ms | hybrid/tower p50 "
+        "| reasons p50 ms (hybrid / tower) |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
     for n, row in report["sizes"].items():
         lat = row["latency"]
         cells = [f"{lat[r]['p50_ms']:.2f} / {lat[r]['p95_ms']:.2f}" for r in ("hybrid", "tower", "cold")]
-        print(f"| {n:,} | {' | '.join(cells)} | {lat['hybrid/tower p50']:.2f}× |")
+        why = " / ".join(f"{lat[r]['reasons_p50_ms']:.3f}" for r in ("hybrid", "tower") if "reasons_p50_ms" in lat[r])
+        print(f"| {n:,} | {' | '.join(cells)} | {lat['hybrid/tower p50']:.2f}× | {why or '—'} |")
     if any("batch" in r for r in report["sizes"].values()):
         print(f"\n| items | loop users/s | recommend_many users/s | speed-up | identical | ({a.users} users) |")
         print("|---:|---:|---:|---:|---|---|")
