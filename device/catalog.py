@@ -213,6 +213,15 @@ class Catalog:
             )
         return out
 
+    _pop_order: np.ndarray | None = None
+
+    def popularity_order(self) -> np.ndarray:
+        """Every row by popularity, most popular first, ties to the lower row (sorted on first use,
+        then kept: a cold start walks its head instead of sorting the catalog per call)."""
+        if self._pop_order is None:  # two threads may both sort once: the same answer
+            self._pop_order = np.lexsort((np.arange(len(self)), -self.popularity))
+        return self._pop_order
+
     def title(self, row: int) -> str:
         """The title of one row (from memory)."""
         ends = self._title_ends
@@ -334,7 +343,7 @@ def load_neighbors(root: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
     return ids, w
 
 
-def _blocks(path: Path, mapped: np.ndarray, rows: int = 65536):
+def _blocks(path: Path, mapped: np.ndarray, rows: int = 8192):
     """The rows of the .npy at ``path`` (``mapped`` is its mapping: dtype, shape, offset), in blocks."""
     fmt = np.lib.format
     with open(path, "rb") as f:
