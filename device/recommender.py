@@ -309,14 +309,20 @@ class Recommender:
         a catalog-sized mask on every call. ``top`` is that kernel answer when the caller already
         has it (:meth:`recommend_many`: one batch scan for many shoppers).
         """
-        if query is None:  # cold start: the bundle's popularity
-            if skip:
-                mask = np.ones(len(cat), bool) if mask is None else mask.copy()
-                mask[list(skip)] = False
-            pop = np.where(mask, cat.popularity, -np.inf) if mask is not None else cat.popularity
-            order = np.lexsort((np.arange(len(cat)), -pop))[:k]
-            keep = [int(r) for r in order if np.isfinite(pop[r])]
-            return keep, [float(pop[r]) for r in keep]
+        if query is None:  # cold start: the bundle's popularity, best first, ties to the lower row
+            # the head of the catalog's popularity order, in growing blocks, keeping what the mask
+            # allows: the same rows as sorting the masked popularity, without a sort per call
+            order, pop = cat.popularity_order(), cat.popularity
+            rows: list[int] = []
+            start, step = 0, k + len(skip)
+            while len(rows) < k and start < len(order):
+                blk = order[start : start + step]
+                ok = np.isfinite(pop[blk])  # a NaN/inf popularity never ranks
+                if mask is not None:
+                    ok &= mask[blk]
+                rows += [r for r in blk[ok].tolist() if r not in skip][: k - len(rows)]
+                start, step = start + step, step * 4
+            return rows, [float(pop[r]) for r in rows]
         if top is None:
             want = min(k + len(skip), len(cat))
             top = topk(query, cat.rows, want, scales=cat.scales, mask=mask, threads=self.threads)

@@ -165,3 +165,24 @@ def test_every_path_explains_every_result(hybrid_rec):
         assert got
         well_formed(got)
         assert all(it.reason in ("history", "co-occurrence") for it in got), kw
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_cold_start_order_equals_sorting_the_masked_popularity(hybrid_rec, seed, monkeypatch):
+    """The cold start walks the catalog's cached popularity order: the same rows as the full sort of
+    the masked popularity (ties to the lower row), with ties made common and a NaN among them."""
+    cat = hybrid_rec.catalog
+    rng = np.random.default_rng(seed)
+    pop = np.round(rng.random(len(cat)) * 4).astype(np.float32) / 4  # 5 values: many ties
+    pop[rng.choice(len(cat), 3, replace=False)] = np.nan
+    monkeypatch.setattr(cat, "popularity", pop)
+    monkeypatch.setattr(cat, "_pop_order", None)
+    mask = None if seed % 2 else rng.random(len(cat)) < (0.02 if seed % 4 == 0 else 0.6)
+    skip = frozenset(rng.choice(len(cat), 5 * seed, replace=False).tolist())
+    for k in (1, 7, 40, len(cat)):
+        rows, scores = hybrid_rec._rank_rows(cat, None, k, mask, skip)
+        m = np.ones(len(cat), bool) if mask is None else mask.copy()
+        m[list(skip)] = False
+        masked = np.where(m, pop, -np.inf)
+        want = [int(r) for r in np.lexsort((np.arange(len(cat)), -masked))[:k] if np.isfinite(masked[r])]
+        assert rows == want and scores == [float(pop[r]) for r in want]
