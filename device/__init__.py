@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shelfrank.device.catalog import Item
+from shelfrank.device.catalog import Item, Reason
 from shelfrank.device.events import Event
 from shelfrank.device.kernel import active_isa, capabilities, force_isa, quantize_rows, topk
 from shelfrank.device.recommender import Recommender
@@ -12,6 +12,7 @@ from shelfrank.errors import (
     ShelfrankError,
     SignatureError,
     SyncError,
+    UnknownFilterValueError,
     UnknownItemError,
     UnsupportedIsaError,
 )
@@ -21,10 +22,12 @@ __all__ = [
     "Event",
     "InputError",
     "Item",
+    "Reason",
     "Recommender",
     "ShelfrankError",
     "SignatureError",
     "SyncError",
+    "UnknownFilterValueError",
     "UnknownItemError",
     "UnsupportedIsaError",
     "active_isa",

@@ -152,13 +152,20 @@ class Catalog:
 
     @property
     def neighbor_ids(self) -> np.ndarray | None:
+        """(N, M) int32 co-occurrence neighbours of each row, -1 padded (None: no table)."""
         return None if self.neighbors is None else self.neighbors[0]
 
     @property
     def neighbor_weights(self) -> np.ndarray | None:
+        """(N, M) float16 weights of :attr:`neighbor_ids` (0 where padded; None: no table)."""
         return None if self.neighbors is None else self.neighbors[1]
 
     def row(self, item_id: str) -> int:
+        """The row of an item id.
+
+        Raises:
+            UnknownItemError: the id is not in this catalog version.
+        """
         try:
             return self.index[item_id]
         except KeyError:
@@ -228,6 +235,7 @@ class Catalog:
         return self._titles[ends[row - 1] if row else 0 : ends[row]].decode()
 
     def item(self, row: int, score: float = 0.0) -> Item:
+        """One row as an :class:`Item` (a cosine ``score`` with a search-match reason: for display)."""
         return self.items([row], [score])[0]
 
     def rows_where(self, where: Mapping[str, Any]) -> np.ndarray:
