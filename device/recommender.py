@@ -477,31 +477,42 @@ class Recommender:
         latest: dict[int, int] = {}  # each item's newest action, newest item first
         for r, a in reversed(steps):
             latest.setdefault(r, a)
-        window: dict[int, None] = dict.fromkeys(r for r, _ in reversed(steps[-self.max_events :]))
-        recent = np.fromiter(window, np.int64, len(window))  # the tower's window, newest first
-        sims = cat.vectors(rows) @ cat.vectors(recent).T  # (k, R); argmax ties go to the newest
-        closest = sims.argmax(axis=1)
-        drivers: list[list[int]] = [[] for _ in range(len(rows))]
+        drivers: dict[int, list[int]] = {}  # result index -> its co-occurrence drivers
         if hist is not None and cat.neighbor_ids is not None and len(hist[0]):
             h_rows, h_w = hist
-            uniq, inv = np.unique(h_rows, return_inverse=True)
             w = cat.neighbor_weights[h_rows].astype(np.float32) * h_w[:, None]
             hit = cat.neighbor_ids[h_rows][None, :, :] == rows[:, None, None]  # (k, H, M)
-            per_step = (hit * w[None]).sum(axis=2)  # (k, H): a row is at most once in a list
-            per_item = np.zeros((len(rows), len(uniq)), np.float32)
-            np.add.at(per_item.T, inv, per_step.T)  # one item at several steps: its weights add up
-            for i in np.flatnonzero((per_item > 0).any(axis=1)).tolist():
-                best = np.lexsort((uniq, -per_item[i]))[:3]  # most weight first, ties to the lower row
-                drivers[i] = [int(uniq[j]) for j in best if per_item[i, j] > 0]
+            per_item = (hit * w[None]).sum(axis=2)  # (k, H): a row is at most once in a list
+            uniq = h_rows
+            if len(set(h_rows.tolist())) < len(h_rows):  # one item at several steps: its weights add up
+                uniq, inv = np.unique(h_rows, return_inverse=True)
+                per_item = per_item @ (inv[:, None] == np.arange(len(uniq))[None, :]).astype(np.float32)
+            has = np.flatnonzero((per_item > 0).any(axis=1))
+            if len(has):
+                sub = per_item[has]
+                # most weight first, ties to the lower row: the keys' last is the primary one
+                best = np.lexsort((np.broadcast_to(uniq, sub.shape), -sub), axis=-1)[:, :3]
+                for i, b, v in zip(has.tolist(), best, sub):
+                    drivers[i] = [int(uniq[j]) for j in b.tolist() if v[j] > 0]
+        rest = [i for i in range(len(rows)) if i not in drivers]
+        closest: dict[int, int] = {}  # result index -> the recent item closest to it
+        if rest:
+            window = dict.fromkeys(r for r, _ in reversed(steps[-self.max_events :]))
+            recent = np.fromiter(window, np.int64, len(window))  # the tower's window, newest first
+            v = cat.vectors(np.concatenate([rows[rest], recent]))
+            near = (v[: len(rest)] @ v[len(rest) :].T).argmax(axis=1)  # ties go to the newest
+            for i, j in zip(rest, near.tolist()):
+                row = int(rows[i])
+                closest[i] = row if row in window else int(recent[j])  # a repeat names itself
         ids = cat.item_ids
         out = []
         for i, row in enumerate(rows.tolist()):
-            if drivers[i]:
-                d = drivers[i]
+            d = drivers.get(i)
+            if d:
                 text = f"often chosen with “{cat.title(d[0])}”, which you {_VERB[latest[d[0]]]}"
                 out.append(Reason("co-occurrence", tuple(ids[r] for r in d), text))
                 continue
-            src = row if row in window else int(recent[closest[i]])
+            src = closest[i]
             if src == row:
                 text = f"you {_VERB[latest[row]]} it recently"
             else:

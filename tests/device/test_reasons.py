@@ -108,6 +108,9 @@ def test_tower_results_name_the_closest_recent_item(rec, diversity):
 def test_hybrid_reasons_match_the_neighbour_table(hybrid_rec, seed, exclude_seen):
     user = f"h{seed}"
     shop(hybrid_rec, user, n=4 + seed, seed=seed)
+    if seed % 2:  # an item again two steps later: one item at two steps of the window, its weights add up
+        again = hybrid_rec.history(user)[-2].item_id
+        hybrid_rec.record(user, again, "cart", ts=2000.0)
     got = hybrid_rec.recommend(user, k=hybrid_rec.ranker.candidates + 5, exclude_seen=exclude_seen)
     well_formed(got)
     assert all(it.score_kind == "fused" for it in got)
