@@ -455,7 +455,7 @@ class Service:
 
     def _search(self, a: fmt.SearchRequest) -> fmt.SearchResponse:
         version = self.rec.catalog.version
-        return fmt.SearchResponse(version, _items(self.rec.search(a.text, a.k, where=_where(a.where))))
+        return fmt.SearchResponse(version, _items(self.rec.search(a.text, a.k, where=_where(a.where), mode=a.mode)))
 
     def _recommend_many(self, a: fmt.RecommendManyRequest) -> fmt.RecommendManyResponse:
         version = self.rec.catalog.version

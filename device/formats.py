@@ -797,6 +797,8 @@ class SearchRequest(_Body):
     text: SearchText
     k: ItemCount = 10
     where: Where | msgspec.UnsetType = _UNSET
+    #: hybrid (lexical + dense, fused), dense (the encoder alone) or lexical (the FTS index alone)
+    mode: typing.Literal["hybrid", "dense", "lexical"] = "hybrid"
 
 
 class RecommendManyRequest(_Body):
@@ -949,8 +951,9 @@ class _Out(msgspec.Struct):
 #: bundle's popularity (a shopper without history), a text query, or closeness to one item (similar)
 REASONS = ("history", "co-occurrence", "popular", "search", "similar")
 #: what ``Item.score`` measures: cosine similarity to the query (user vector, item or text), a
-#: fused score (the hybrid ranker), or the bundle's popularity (cold start)
-SCORE_KINDS = ("cosine", "fused", "popularity")
+#: fused score (the hybrid ranker, hybrid search), BM25 relative to the best match (lexical
+#: search), or the bundle's popularity (cold start)
+SCORE_KINDS = ("cosine", "fused", "lexical", "popularity")
 
 
 class Item(_Out):

@@ -638,7 +638,8 @@ class Recommender:
         params = srch.SearchParams.from_manifest(self.manifest.search)
         enc = None if mode == "lexical" else self.encoder
         rows, scores = srch.search(cat, enc, text, k, where=where, mode=mode, params=params, threads=self.threads)
-        return cat.items(rows.tolist(), scores.tolist())
+        kind = "lexical" if mode == "lexical" else "fused" if mode == "hybrid" and cat.lexical.available else "cosine"
+        return cat.items(rows.tolist(), scores.tolist(), score_kind=kind)
 
     @property
     def encoder(self) -> TextEncoder:

@@ -395,3 +395,18 @@ def test_port_in_use_is_a_clear_error(rec, served):
     host, port = served[1].tcp_address
     with pytest.raises(InputError, match=f"cannot listen on 127.0.0.1:{port}"):
         start(Service(rec), host=host, port=port)
+
+
+def test_search_mode_and_what_the_score_means(client, rec):
+    """/v1/search takes the library's modes; each answer says what its scores measure."""
+    title = rec.catalog.title(0)
+    kinds = {}
+    for mode in ("hybrid", "dense", "lexical"):
+        status, doc = client.post("/v1/search", {"text": title, "k": 3, "mode": mode})
+        assert status == 200, doc
+        assert [it["item_id"] for it in doc["items"]] == [it.item_id for it in rec.search(title, 3, mode=mode)]
+        kinds[mode] = {it["score_kind"] for it in doc["items"]}
+    assert kinds["dense"] == {"cosine"} and kinds["lexical"] == {"lexical"}
+    assert kinds["hybrid"] == ({"fused"} if rec.catalog.lexical.available else {"cosine"})
+    status, doc = client.post("/v1/search", {"text": title, "mode": "fuzzy"})
+    assert status == 422 and "mode" in json.dumps(doc)
