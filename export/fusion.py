@@ -71,10 +71,11 @@ def table_matrix(ids: np.ndarray, w: np.ndarray) -> Any:
     return sp.csr_matrix((w[ok].astype(np.float32), (r, ids[ok])), shape=(n, n))
 
 
-def build_table(seqs: list, n: int, m: int) -> tuple[np.ndarray, np.ndarray, Any]:
-    """(ids, weights, sparse matrix) of the neighbour table built from ``seqs``."""
+def build_table(seqs: list, n: int, m: int, **similarity: Any) -> tuple[np.ndarray, np.ndarray, Any]:
+    """(ids, weights, sparse matrix) of the neighbour table built from ``seqs`` (``similarity``:
+    ``item_similarity``'s keywords, e.g. the item-kNN recipe the baseline chose)."""
     t0 = time.perf_counter()
-    ids, w = neighbor_table(ev.item_similarity(seqs, n, top_k=None), m)
+    ids, w = neighbor_table(ev.item_similarity(seqs, n, top_k=None, **similarity), m)
     logger.info("neighbour table: %d items x %d, built in %.1fs", n, m, time.perf_counter() - t0)
     return ids, w, table_matrix(ids, w)
 
@@ -355,6 +356,7 @@ class Context:
         seed: int,
         div_vecs: np.ndarray,
         base: RankerParams | None = None,
+        similarity: dict[str, Any] | None = None,
     ) -> None:
         self.n, self.test, self.div_vecs = n, test, div_vecs
         self.base = base or RankerParams()
@@ -364,8 +366,9 @@ class Context:
             valid = [valid[i] for i in pick]
         self.valid = valid
         self.m = neighbors
-        _, _, self.fit_table = build_table(known(split, False), n, neighbors)
-        _, _, self.test_table = build_table(known(split, True), n, neighbors)
+        self.similarity = dict(similarity or {})
+        _, _, self.fit_table = build_table(known(split, False), n, neighbors, **self.similarity)
+        _, _, self.test_table = build_table(known(split, True), n, neighbors, **self.similarity)
         self.fit_pop = popularity_feature(known(split, False), n)
         self.test_pop = popularity_feature(known(split, True), n)
         in_hist = sum(1 for _, h, t in split.valid if any(r == t for r, _ in h))

@@ -407,11 +407,20 @@ def run_export(
         div_vecs = teacher_emb
         t0 = st.start("baselines")
         models["popularity"] = ev.evaluate(ev.popularity(split, n), test, n, item_vecs=div_vecs)
-        models["item-kNN"] = ev.evaluate(ev.item_knn(split, n), test, n, item_vecs=div_vecs)
+        knn_fn, quality["item_knn"] = ev.tuned_item_knn(split, n, valid_sample=p.fit_sample, seed=p.seed)
+        models["item-kNN"] = ev.evaluate(knn_fn, test, n, item_vecs=div_vecs)
+        similarity = {k: v for k, v in quality["item_knn"]["params"].items() if k in ev.SIMILARITY_KEYS}
         if zero_shot_row is not None:
             models["zero-shot teacher (text design)"] = zero_shot_row
         fctx = fu.Context(
-            split, n, test, neighbors=p.neighbors, fit_sample=p.fit_sample, seed=p.seed, div_vecs=div_vecs
+            split,
+            n,
+            test,
+            neighbors=p.neighbors,
+            fit_sample=p.fit_sample,
+            seed=p.seed,
+            div_vecs=div_vecs,
+            similarity=similarity,
         )
         quality["repeats"] = {"valid_targets_in_history": round(fctx.repeat_share, 4), "measured": fctx.repeats}
         st.done("baselines", t0)
@@ -519,7 +528,7 @@ def run_export(
         # the device ranks with everything the export knows: popularity and neighbours from all events
         seqs = ds.sequences()
         popularity = ev.popularity_scores(seqs, n)
-        nbr_ids, nbr_w, _ = fu.build_table(seqs, n, p.neighbors)
+        nbr_ids, nbr_w, _ = fu.build_table(seqs, n, p.neighbors, **similarity)
         quality["search"] = evaluate_rows(
             ds, rows8, scales, work / "encoder.onnx", tok_path, max_len=p.max_len, seed=p.seed
         )
@@ -785,6 +794,14 @@ def render_quality(q: dict) -> str:
         "Co-occurrence and popularity are built from what is known before the scored cases "
         "(train for valid; train + the valid step for test).",
     ]
+    if "item_knn" in q:
+        k = q["item_knn"]
+        tried = ", ".join(f"{name} {v:.4f}" for name, v in k["valid_ndcg@10"].items())
+        params = ", ".join(f"{a}={b}" for a, b in k["params"].items())
+        lines.append(
+            f"item-kNN: the recipe with the best valid NDCG@10 ({tried}) is the baseline, and the hybrid's "
+            f"neighbour table is built with it: **{k['recipe']}** ({params})."
+        )
     for note in q.get("notes", []):
         lines.append(f"Note: {note}.")
     if q.get("warnings"):
