@@ -28,7 +28,7 @@ History = Sequence[tuple[int, int]]
 UserFn = Callable[[list[History]], np.ndarray]  # histories -> (B, d) unit user vectors
 
 # weights searched on the valid split (w_tower is 1: the score's scale does not change the order)
-COOC_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2.0, 3.0, 5.0)
+COOC_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2.0, 3.0, 5.0, 8.0, 13.0)
 POP_GRID = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4)
 DECAY_GRID = (0.5, 0.7, 0.85)
 REPEAT_GRID = (0.0, 0.1, 0.3, 0.6, 1.0, 2.0, 4.0)
