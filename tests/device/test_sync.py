@@ -638,7 +638,10 @@ def test_http_endless_index_is_cut_at_the_cap(rec, hostile):
     err, peak = _peak_during(lambda: rec.sync(url))
     assert isinstance(err, SyncError) and "larger than 4194304 bytes" in str(err), err
     print(f"peak traced allocation during the sync: {peak / 1024:.0f} KiB (cap {INDEX_MAX_BYTES} B)")
-    assert peak < INDEX_MAX_BYTES + (512 << 10), peak
+    # The body lands in a bytearray, which CPython over-allocates by 1/8 as it grows (4.5 MiB at the cap);
+    # tracemalloc also counts the hostile server's own blocks (same process). 1.25x the cap bounds both
+    # and is still two orders of magnitude below the 690 MB this finding grew to.
+    assert peak < INDEX_MAX_BYTES * 5 // 4, peak
     assert rec.catalog.version == 1
 
 
