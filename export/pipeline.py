@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from shelfrank.bench_pipeline import time_calls
 from shelfrank.device import bundle as bfmt
 from shelfrank.device.text import history_text, item_text
 from shelfrank.errors import ExportValidationError
 from shelfrank.export.bundle_writer import replace_dir, write_bundle
 from shelfrank.export.data import Dataset, Split, leave_one_out
 from shelfrank.export.search_eval import evaluate_rows, render_search
+from shelfrank.timing import time_calls
 
 logger = logging.getLogger(__name__)
 

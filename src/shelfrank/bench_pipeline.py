@@ -34,46 +34,7 @@ import numpy as np
 
 from shelfrank.device.catalog_files import CatalogData, read_catalog_dir, write_catalog_dir
 from shelfrank.device.kernel import quantize_rows
-
-
-def _stats(ts: list[float]) -> dict[str, float]:
-    a = np.asarray(ts) * 1e3
-    return {
-        "p50_ms": float(np.percentile(a, 50)),
-        "p95_ms": float(np.percentile(a, 95)),
-        "p99_ms": float(np.percentile(a, 99)),
-        "n": len(ts),
-    }
-
-
-def time_calls(fn, runs: int, warmup: int = 5) -> dict[str, float]:
-    """p50/p95/p99 in ms of ``runs`` calls of ``fn`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return _stats(ts)
-
-
-def time_interleaved(fns: dict[str, Any], runs: int, warmup: int = 5) -> dict[str, dict[str, float]]:
-    """p50/p95/p99 in ms of each of ``fns``, called in turn ``runs`` times after ``warmup`` rounds;
-    the order alternates every round, so that drift on a shared machine and whatever one call
-    leaves in the caches for the next fall on every function alike."""
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    ts: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(runs):
-        for name in names if i % 2 == 0 else names[::-1]:
-            t0 = time.perf_counter()
-            fns[name]()
-            ts[name].append(time.perf_counter() - t0)
-    return {name: _stats(t) for name, t in ts.items()}
-
+from shelfrank.timing import time_calls, time_interleaved
 
 DEFAULT_NEIGHBORS = 50  # what the export writes per item (the bundle's M wins when it has a table)
 
