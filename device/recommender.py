@@ -22,7 +22,7 @@ from shelfrank.device import bundle as bfmt
 from shelfrank.device.catalog import POPULAR, Catalog, Item, Reason
 from shelfrank.device.encoder import TextEncoder, make_session, open_text_encoder, provider_names
 from shelfrank.device.events import Event, EventStore
-from shelfrank.device.history import collapse, tower_inputs
+from shelfrank.device.history import collapse, tower_feed
 from shelfrank.device.kernel import topk
 from shelfrank.device.ranker import RankerParams, cooc_scores, fuse, mmr, order, pop_feature, step_weights
 from shelfrank.device.text import ACTION_IDS
@@ -282,9 +282,7 @@ class Recommender:
         steps = collapse((cat.index[e.item_id], ACTION_IDS[e.action]) for e in recent if e.item_id in cat.index)
         vec = None
         if steps:
-            rows, acts, mask = tower_inputs([steps], self.max_events)
-            feeds = {"item_vecs": cat.vectors(rows[0])[None], "actions": acts, "mask": mask}
-            (u,) = self._tower.run(["user"], feeds)
+            (u,) = self._tower.run(["user"], tower_feed([steps], self.max_events, cat.vectors))
             vec = np.ascontiguousarray(u[0], np.float32)
             if not np.isfinite(vec.sum()):  # one reduction: NaN or inf anywhere makes the sum non-finite
                 raise BundleError(f"{self.bundle}: the user tower produced NaN/inf")
