@@ -1,6 +1,8 @@
 // Runtime CPU dispatch: detect once (cpuid/xgetbv on x86-64, getauxval(AT_HWCAP) on aarch64),
-// pick the best kernel table, honour SHELFRANK_FORCE_ISA.
+// pick the best kernel table, honour SHELFRANK_FORCE_ISA. Each table gets the best popcount scan
+// its CPU runs (avx512vnni without VPOPCNTDQ, e.g. Cascade Lake, keeps the POPCNT scan).
 #include <atomic>
+#include <deque>
 #include <cstdlib>
 #include <mutex>
 #include <stdexcept>
@@ -24,14 +26,14 @@ uint64_t xgetbv0() {
 }
 
 struct X86Features {
-    bool avx2 = false, avx512vnni = false, avxvnni = false;
+    bool avx2 = false, avx512vnni = false, avxvnni = false, vpopcntdq = false;
 };
 
 X86Features detect_x86() {
     X86Features f;
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
-    const bool osxsave = c & (1u << 27), fma = c & (1u << 12), avx = c & (1u << 28);
+    const bool osxsave = c & (1u << 27), fma = c & (1u << 12), avx = c & (1u << 28), popcnt = c & (1u << 23);
     if (!osxsave || !avx) return f;
     const uint64_t xcr0 = xgetbv0();
     const bool ymm_os = (xcr0 & 0x6) == 0x6;             // SSE + AVX state
@@ -39,35 +41,45 @@ X86Features detect_x86() {
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
     const bool avx2 = b & (1u << 5);
     const bool avx512f = b & (1u << 16), avx512bw = b & (1u << 30), avx512vl = b & (1u << 31);
-    const bool avx512vnni_bit = c & (1u << 11);
-    f.avx2 = ymm_os && avx2 && fma;
+    const bool avx512vnni_bit = c & (1u << 11), vpopcntdq_bit = c & (1u << 14);
+    f.avx2 = ymm_os && avx2 && fma && popcnt;
     f.avx512vnni = f.avx2 && zmm_os && avx512f && avx512bw && avx512vl && avx512vnni_bit;
+    f.vpopcntdq = f.avx2 && zmm_os && avx512f && avx512bw && vpopcntdq_bit;
     unsigned a1 = 0, b1 = 0, c1 = 0, d1 = 0;
     if (__get_cpuid_count(7, 1, &a1, &b1, &c1, &d1)) f.avxvnni = f.avx2 && (a1 & (1u << 4));
     return f;
 }
 #endif
 
+// A table with its popcount scan filled in; the deque keeps every address stable.
+const IsaKernels* with_hamming(std::deque<IsaKernels>& store, const IsaKernels* k, const HammingKernel* h) {
+    store.push_back(*k);
+    store.back().hamming = *h;
+    return &store.back();
+}
+
 // Every table this build and CPU can run, worst first.
-std::vector<const IsaKernels*> available() {
-    std::vector<const IsaKernels*> v{&kSerialKernels};
+std::vector<const IsaKernels*> available(std::deque<IsaKernels>& store) {
+    std::vector<const IsaKernels*> v{with_hamming(store, &kSerialKernels, &kSerialHamming)};
 #if defined(__x86_64__) || defined(_M_X64)
     const X86Features f = detect_x86();
-    if (f.avx2) v.push_back(avx2_kernels());
-    if (f.avxvnni) v.push_back(avxvnni_kernels());
-    if (f.avx512vnni) v.push_back(avx512vnni_kernels());
+    const HammingKernel* best = f.vpopcntdq ? avx512_hamming() : avx2_hamming();
+    if (f.avx2) v.push_back(with_hamming(store, avx2_kernels(), avx2_hamming()));
+    if (f.avxvnni) v.push_back(with_hamming(store, avxvnni_kernels(), avx2_hamming()));
+    if (f.avx512vnni) v.push_back(with_hamming(store, avx512vnni_kernels(), best));
 #elif defined(__aarch64__) && defined(__linux__)
     const unsigned long hw = getauxval(AT_HWCAP);
     const bool asimd = hw & (1ul << 1);      // HWCAP_ASIMD
     const bool asimddp = hw & (1ul << 20);   // HWCAP_ASIMDDP
-    if (asimd) v.push_back(neon_kernels());
-    if (asimd && asimddp) v.push_back(neon_dot_kernels());
+    if (asimd) v.push_back(with_hamming(store, neon_kernels(), neon_hamming()));
+    if (asimd && asimddp) v.push_back(with_hamming(store, neon_dot_kernels(), neon_hamming()));
 #endif
     return v;
 }
 
 const std::vector<const IsaKernels*>& tables() {
-    static const std::vector<const IsaKernels*> t = available();
+    static std::deque<IsaKernels> store;
+    static const std::vector<const IsaKernels*> t = available(store);
     return t;
 }
 

@@ -14,18 +14,10 @@
 #include <vector>
 
 #include "shelfrank/topk.hpp"
+#include "topk_internal.hpp"
 
 namespace shelfrank {
 namespace {
-
-struct Hit {
-    float score;
-    int64_t id;
-};
-
-inline bool better(const Hit& a, const Hit& b) {
-    return a.score > b.score || (a.score == b.score && a.id < b.id);
-}
 
 // Bounded heap of the k best hits seen so far; front() is the worst kept hit.
 class Heap {
@@ -64,48 +56,12 @@ private:
     float thr_ = -std::numeric_limits<float>::infinity();
 };
 
-constexpr size_t kBlockBytes = 96 * 1024;  // rows scored per block: stays in L2 across a batch
-constexpr size_t kMinRowsPerThread = 8192;  // below this a thread costs more than it saves
-
-size_t block_rows(size_t row_bytes) { return std::max<size_t>(16, kBlockBytes / std::max<size_t>(row_bytes, 1)); }
-
-int effective_threads(int threads, size_t n) {
-    if (threads < 1) throw std::invalid_argument("threads must be >= 1");
-    const size_t cap = std::max<size_t>(1, n / kMinRowsPerThread);
-    return int(std::min<size_t>(size_t(threads), cap));
-}
-
-void check(const TopkParams& p) {
-    if (p.d == 0) throw std::invalid_argument("dimension must be >= 1");
-    if (p.k == 0) throw std::invalid_argument("k must be >= 1");
-    if (p.batch == 0) throw std::invalid_argument("batch must be >= 1");
-}
-
 // Runs `scan(range_begin, range_end, heaps)` on `t` threads and merges the heaps into the output.
 template <class Scan>
 void run(const TopkParams& p, Scan scan, int64_t* out_ids, float* out_scores) {
     const int t = effective_threads(p.threads, p.n);
     std::vector<std::vector<Heap>> heaps(size_t(t), std::vector<Heap>(p.batch, Heap(p.k)));
-    const size_t per = (p.n + size_t(t) - 1) / size_t(t);
-    if (t == 1) {
-        scan(size_t(0), p.n, heaps[0]);
-    } else {
-        std::vector<std::thread> pool;
-        std::vector<std::exception_ptr> errors(static_cast<size_t>(t));
-        for (int w = 0; w < t; ++w) {
-            const size_t b = std::min(p.n, size_t(w) * per), e = std::min(p.n, b + per);
-            pool.emplace_back([&, w, b, e] {
-                try {
-                    scan(b, e, heaps[size_t(w)]);
-                } catch (...) {
-                    errors[size_t(w)] = std::current_exception();
-                }
-            });
-        }
-        for (auto& th : pool) th.join();
-        for (auto& err : errors)
-            if (err) std::rethrow_exception(err);
-    }
+    for_ranges(t, p.n, [&](int w, size_t b, size_t e) { scan(b, e, heaps[size_t(w)]); });
     std::vector<Hit> all;
     for (size_t q = 0; q < p.batch; ++q) {
         all.clear();
@@ -120,13 +76,6 @@ void run(const TopkParams& p, Scan scan, int64_t* out_ids, float* out_scores) {
             out_scores[q * p.k + j] = j < m ? all[j].score : -std::numeric_limits<float>::infinity();
         }
     }
-}
-
-bool none_eligible(const uint8_t* mask, size_t n) {
-    if (!mask) return false;
-    for (size_t i = 0; i < n; ++i)
-        if (mask[i]) return false;
-    return true;
 }
 
 }  // namespace

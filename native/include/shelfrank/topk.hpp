@@ -1,4 +1,5 @@
-// shelfrank native kernel: exact cosine top-k over fp32 or int8 rows.
+// shelfrank native kernel: exact cosine top-k over fp32 or int8 rows, and a two-pass search
+// (a popcount Hamming scan of 1-bit sign codes, then the exact rescore of its candidates).
 //
 // Plain C++17, no Python headers. Every entry point takes raw pointers and sizes, throws
 // std::invalid_argument on bad arguments and never prints.
@@ -18,12 +19,21 @@ using DotI8Fn = void (*)(const int8_t* q, const int8_t* rows, size_t n, size_t d
 using DotF32Fn = void (*)(const float* q, const float* rows, size_t n, size_t d, float* out);
 // Streams `nbytes` once with the widest loads of the ISA; returns a value so the read is kept.
 using ReadProbeFn = uint64_t (*)(const uint8_t* buf, size_t nbytes);
+// out[i] = popcount(q XOR codes + i*nbytes) over `nbytes` bytes: the Hamming distance of binary
+// codes. Exact integers, so every ISA agrees bit for bit.
+using HammingFn = void (*)(const uint8_t* q, const uint8_t* codes, size_t n, size_t nbytes, uint32_t* out);
+
+struct HammingKernel {
+    const char* name;  // "scalar", "avx2-popcnt", "avx512-vpopcntdq", "neon-cnt"
+    HammingFn fn;
+};
 
 struct IsaKernels {
     const char* name;
     DotI8Fn dot_i8;
     DotF32Fn dot_f32;
     ReadProbeFn read_probe;
+    HammingKernel hamming{nullptr, nullptr};  // filled by dispatch.cpp (the CPU decides, not the table)
 };
 
 // Defined in the per-ISA files; a file whose target cannot be compiled for this architecture
@@ -34,6 +44,11 @@ const IsaKernels* avx512vnni_kernels();  // null unless built for x86-64
 const IsaKernels* avxvnni_kernels();     // null unless built for x86-64
 const IsaKernels* neon_kernels();        // null unless built for aarch64
 const IsaKernels* neon_dot_kernels();    // null unless built for aarch64
+// Popcount scans, one file each (hamming_*.cpp); null where the file's target is not this architecture.
+extern const HammingKernel kSerialHamming;
+const HammingKernel* avx2_hamming();    // POPCNT (every AVX2 CPU has it)
+const HammingKernel* avx512_hamming();  // AVX-512 VPOPCNTDQ (+BW for the masked tail)
+const HammingKernel* neon_hamming();
 
 // ---- dispatch -------------------------------------------------------------------------------
 // ISA names the CPU and the build support, best last; always starts with "scalar".
@@ -71,6 +86,30 @@ void topk_f32(const float* queries, const float* rows, const TopkParams& p,
 // int8 rows with a per-row scale; each query is quantised with quantize_vector first.
 void topk_i8(const float* queries, const int8_t* rows, const float* scales, const TopkParams& p,
              const IsaKernels& isa, int64_t* out_ids, float* out_scores);
+
+// ---- two-pass search (two_pass.cpp) ----------------------------------------------------------
+// Binary codes: bit j of a row's code is 1 where value_j > mean_j (the sign of value - mean), with
+// bit order np.packbits(..., bitorder="little"): dimension 8*b + t is bit t of byte b; pad bits 0.
+// Row i's code is out + i*code_bytes(d). int8 rows use value = float(x) * scale_i (one float32
+// multiply, as numpy's rows.astype(float32) * scales[:, None]).
+inline size_t code_bytes(size_t d) { return (d + 7) / 8; }
+void binary_codes_f32(const float* rows, size_t n, size_t d, const float* mean, uint8_t* out, int threads);
+void binary_codes_i8(const int8_t* rows, const float* scales, size_t n, size_t d, const float* mean, uint8_t* out,
+                     int threads);
+
+// First pass alone: for each query (coded against `mean`), the `r` eligible rows with the smallest
+// Hamming distance, best first (distance asc, row asc); unfilled slots are id -1, distance -1.
+// p.k is ignored; out_ids/out_dist are batch × r.
+void hamming_topk(const float* queries, const uint8_t* codes, const float* mean, size_t r, const TopkParams& p,
+                  const IsaKernels& isa, int64_t* out_ids, int32_t* out_dist);
+// Two-pass top-k: the first pass keeps `r` candidates (r >= p.k, r <= p.n), then exactly the score
+// topk_i8 / topk_f32 gives those rows; same order, fill and NaN rule as topk. Only the candidates'
+// rows are read.
+void topk_two_pass_i8(const float* queries, const int8_t* rows, const float* scales, const uint8_t* codes,
+                      const float* mean, size_t r, const TopkParams& p, const IsaKernels& isa, int64_t* out_ids,
+                      float* out_scores);
+void topk_two_pass_f32(const float* queries, const float* rows, const uint8_t* codes, const float* mean, size_t r,
+                       const TopkParams& p, const IsaKernels& isa, int64_t* out_ids, float* out_scores);
 
 // Best-of-`repeats` single-pass read bandwidth of `buf` in GB/s, with the active ISA's loads.
 double read_bandwidth_gbps(const uint8_t* buf, size_t nbytes, int repeats, int threads);
