@@ -13,10 +13,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from shelfrank.device.catalog_files import NEIGHBOR_FILES
+from shelfrank.device.codes import CODES_FILE, check_codes, check_mean
+from shelfrank.device.columns import IdIndex, Strings
 from shelfrank.device.formats import REASONS as REASONS  # re-exported: what Item.reason takes
 from shelfrank.device.formats import ROW_SCALE_MAX
 from shelfrank.device.formats import SCORE_KINDS as SCORE_KINDS  # and Item.score_kind
 from shelfrank.device.lexical import LexicalIndex
+from shelfrank.device.planner import Planner
 from shelfrank.errors import BundleError, InputError, UnknownFilterValueError, UnknownItemError
 
 logger = logging.getLogger(__name__)
@@ -67,9 +70,28 @@ class Item:
 class Catalog:
     """Rows and metadata of one catalog version, read-only and safe to share between threads."""
 
-    def __init__(self, root: str | Path, *, version: int, dim: int) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        version: int,
+        dim: int,
+        mean: np.ndarray | None = None,
+        planner: Planner | None = None,
+    ) -> None:
+        """Open the catalog folder ``root``.
+
+        ``mean``: the bundle's catalog mean (``catalog.mean``); with it the binary codes
+        (``codes.u8.npy``, device/codes.py) are opened for the two-pass scan, without it (or
+        without the file: an older bundle) every scan is exact. ``planner`` picks the scan
+        (device/planner.py; default: ``Planner()``).
+
+        Raises:
+            BundleError: a file is unreadable or breaks its shape, dtype or range (naming it and the fix).
+        """
         root = Path(root)
         self.root, self.version = root, version
+        self.planner = planner if planner is not None else Planner()
         try:
             # a plain ndarray view of the read-only mapping: no np.memmap overhead per indexing
             self.rows = np.load(root / "emb.i8.npy", mmap_mode="r").view(np.ndarray)
@@ -91,15 +113,16 @@ class Catalog:
             )
         n = self.rows.shape[0]
         self.neighbors = load_neighbors(root, n)
+        self.codes, self.mean = load_codes(root, n, dim, mean)
         # Everything a query returns is held in compact columns read once from SQLite: no Python
-        # object per item but the id (the id -> row dict needs it), titles in one UTF-8 blob with
-        # offsets (~3 MB at 100k demo items), category/brand as codes into small vocabularies.
-        # Queries never touch SQLite: a result costs a few memory reads, not a B-tree walk through
-        # pages the row scan has just pushed out of the caches.
-        self.item_ids: list[str] = []
+        # object per item (docs/device.md, "Memory"): ids and titles each in one UTF-8 blob with
+        # offsets (device/columns.py), the id -> row index as sorted hashes, category/brand as codes
+        # into small vocabularies. Queries never touch SQLite: a result costs a few memory reads,
+        # not a B-tree walk through pages the row scan has just pushed out of the caches.
         price, stock, pop = array("d"), array("b"), array("f")
-        cat_codes, brand_codes, title_ends = array("i"), array("i"), array("i")
-        titles = bytearray()
+        cat_codes, brand_codes = array("i"), array("i")
+        ids, id_ends, hashes = bytearray(), array("q"), array("q")
+        titles, title_ends = bytearray(), array("q")
         self._cat_vocab: dict[str, int] = {}
         self._brand_vocab: dict[str, int] = {}
         try:
@@ -111,7 +134,9 @@ class Catalog:
                 for expected, (row, item_id, title, category, brand, p, in_stock, popularity) in enumerate(cursor):
                     if row != expected:
                         raise BundleError(f"{root / 'items.sqlite'}: row numbers are not 0..N-1 (row {row})")
-                    self.item_ids.append(item_id)
+                    ids += item_id.encode()
+                    id_ends.append(len(ids))
+                    hashes.append(hash(item_id))
                     titles += title.encode()
                     title_ends.append(len(titles))
                     cat_codes.append(
@@ -127,28 +152,38 @@ class Catalog:
                 con.close()
         except sqlite3.Error as e:
             raise BundleError(f"{root / 'items.sqlite'}: unreadable item table: {e}") from e
-        if len(self.item_ids) != n:
-            raise BundleError(f"{root / 'items.sqlite'}: {len(self.item_ids)} items for {n} embedding rows")
-        self._titles = titles  # kept as built: a bytes() copy would double the peak for a moment
-        self._title_ends = title_ends  # array: indexing gives Python ints directly
+        if len(id_ends) != n:
+            raise BundleError(f"{root / 'items.sqlite'}: {len(id_ends)} items for {n} embedding rows")
+        #: the item id of every row (a read-only sequence of str)
+        self.item_ids = Strings(ids, id_ends)
+        self._titles = Strings(titles, title_ends)  # kept as built: a bytes() copy would double the peak
         self._cat_names = [None, *self._cat_vocab]  # code + 1 -> name
         self._brand_names = [None, *self._brand_vocab]
         self._cat_code_list, self._brand_code_list = cat_codes, brand_codes
         self._price_list = price
         # numpy views share the arrays' memory (the arrays are never resized after this)
         self.price = np.frombuffer(price, np.float64)
-        self.in_stock = np.frombuffer(stock, np.int8).astype(bool)
+        self.in_stock = np.frombuffer(stock, np.int8).view(bool)
         self.popularity = np.frombuffer(pop, np.float32)
         self._cat_codes = np.frombuffer(cat_codes, np.int32)
         self._brand_codes = np.frombuffer(brand_codes, np.int32)
         for a in (self.price, self.in_stock, self.popularity, self._cat_codes, self._brand_codes):
             a.flags.writeable = False
-        self.index = {item_id: i for i, item_id in enumerate(self.item_ids)}
+        #: item id -> row (a read-only Mapping; ``index.rows_of(ids)`` for many at once)
+        self.index = IdIndex(self.item_ids, hashes)
+        del hashes
         # the FTS index's connection, opened now: a sync may delete this folder while it serves
         self.lexical = LexicalIndex(root / "items.sqlite")
 
     def __len__(self) -> int:
         return len(self.item_ids)
+
+    def topk(
+        self, query: np.ndarray, k: int, *, mask: np.ndarray | None = None, threads: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best rows for ``query`` ((d,) or (B, d)) by the planner's scan (exact or two-pass),
+        as ``kernel.topk`` returns them; ``self.planner`` records which ran."""
+        return self.planner.topk(self, query, k, mask=mask, threads=threads)
 
     @property
     def neighbor_ids(self) -> np.ndarray | None:
@@ -195,7 +230,7 @@ class Catalog:
             reasons: one :class:`Reason` for every row, or one per row (default: a search match).
         """
         out = []
-        ends, blob, stock, price = self._title_ends, self._titles, self.in_stock, self._price_list
+        ids, titles, stock, price = self.item_ids, self._titles, self.in_stock, self._price_list
         per_row = not isinstance(reasons, Reason)
         why = reasons
         for i, (row, score) in enumerate(zip(rows, scores)):
@@ -205,9 +240,9 @@ class Catalog:
                 why = reasons[i]
             out.append(
                 Item(
-                    self.item_ids[row],
+                    ids[row],
                     float(score),
-                    blob[ends[row - 1] if row else 0 : ends[row]].decode(),
+                    titles[row],
                     self._cat_names[self._cat_code_list[row] + 1],
                     self._brand_names[self._brand_code_list[row] + 1],
                     None if p != p else p,
@@ -231,8 +266,7 @@ class Catalog:
 
     def title(self, row: int) -> str:
         """The title of one row (from memory)."""
-        ends = self._title_ends
-        return self._titles[ends[row - 1] if row else 0 : ends[row]].decode()
+        return self._titles[row]
 
     def item(self, row: int, score: float = 0.0) -> Item:
         """One row as an :class:`Item` (a cosine ``score`` with a search-match reason: for display)."""
@@ -314,6 +348,29 @@ def _str_list(key: str, value: Any) -> list[str]:
     if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
         return list(value)
     raise InputError(f"where[{key!r}] must be a string or a list of strings, got {value!r}")
+
+
+def load_codes(root: Path, n: int, dim: int, mean: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(codes memory-mapped, mean float32) for the two-pass scan, or (None, mean) when the catalog has
+    no ``codes.u8.npy`` or no mean is given (the exact scan serves it).
+
+    Raises:
+        BundleError: codes that are not uint8 (n, ceil(dim/8)), or a mean that is not dim finite numbers.
+    """
+    if mean is not None:
+        mean = np.asarray(mean, np.float32)
+        check_mean(mean, dim, f"{root}: the bundle's catalog mean")
+    path = root / CODES_FILE
+    if mean is None or not path.exists():
+        return None, mean
+    try:
+        codes = np.load(path, mmap_mode="r").view(np.ndarray)
+    except (OSError, ValueError) as e:
+        raise BundleError(
+            f"{path}: binary codes unreadable ({e}); re-export the bundle or republish the catalog"
+        ) from e
+    check_codes(codes, n, dim, path)
+    return codes, mean
 
 
 def load_neighbors(root: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:

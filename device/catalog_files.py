@@ -2,7 +2,8 @@
 
 A catalog version is a folder with ``items.sqlite`` (row, item_id, title, category, brand, price,
 in_stock, popularity; and its FTS5 index ``items_fts``, device/lexical.py), ``emb.i8.npy`` (N × d int8)
-and ``scale.f32.npy`` (N float32).
+and ``scale.f32.npy`` (N float32); optionally the hybrid's neighbour table (``nbr.*.npy``) and the
+binary codes of the two-pass scan (``codes.u8.npy``, N × ceil(d/8) uint8, device/codes.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shelfrank.device.codes import CODES_FILE
 from shelfrank.device.lexical import build_fts
 from shelfrank.errors import InputError
 
@@ -21,6 +23,8 @@ COLUMNS = ("item_id", "title", "category", "brand", "price", "in_stock", "popula
 FILES = {"rows": "emb.i8.npy", "scales": "scale.f32.npy", "items": "items.sqlite"}
 # optional: the hybrid ranker's co-occurrence neighbours of each row (device/ranker.py)
 NEIGHBOR_FILES = {"nbr_ids": "nbr.i32.npy", "nbr_weights": "nbr.f16.npy"}
+# optional: the binary codes of the two-pass scan (device/codes.py); the mean is the manifest's
+CODE_FILES = {"codes": CODES_FILE}
 
 
 @dataclass
@@ -32,6 +36,8 @@ class CatalogData:
     scales: np.ndarray
     # (ids int32 (N, M), -1 padded; weights float16 (N, M)): the co-occurrence neighbours, or None
     neighbors: tuple[np.ndarray, np.ndarray] | None = None
+    # uint8 (N, ceil(d/8)): the binary codes (device/codes.py), or None
+    codes: np.ndarray | None = None
 
     def check(self, dim: int, where: str) -> None:
         """Refuse NaN/inf, wrong dtypes or dimensions, duplicate or empty ids (``where`` names the source)."""
@@ -62,6 +68,10 @@ class CatalogData:
                 raise InputError(f"{where}: a neighbour id is outside -1..{n - 1}")
             if nw.size and not (np.isfinite(nw).all() and nw.min() >= 0):
                 raise InputError(f"{where}: neighbour weights must be finite and >= 0")
+        if self.codes is not None and (self.codes.dtype != np.uint8 or self.codes.shape != (n, (dim + 7) // 8)):
+            raise InputError(
+                f"{where}: codes must be uint8 ({n}, {(dim + 7) // 8}), got {self.codes.dtype} {self.codes.shape}"
+            )
 
     def neighbors_for(self, old_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """The neighbour table of a new catalog whose row j was this catalog's row ``old_rows[j]``
@@ -88,8 +98,8 @@ class CatalogData:
 
 
 def write_catalog_dir(root: str | Path, data: CatalogData, *, fsync: bool = True) -> dict[str, str]:
-    """Write the three files (and the neighbour table, when it has one) into ``root`` (created);
-    returns {role: file name}."""
+    """Write the three files (and the neighbour table and the codes, when it has them) into ``root``
+    (created); returns {role: file name}."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     np.save(root / FILES["rows"], np.ascontiguousarray(data.rows, np.int8))
@@ -129,6 +139,11 @@ def write_catalog_dir(root: str | Path, data: CatalogData, *, fsync: bool = True
     else:
         for name in NEIGHBOR_FILES.values():
             (root / name).unlink(missing_ok=True)
+    if data.codes is not None:
+        np.save(root / CODES_FILE, np.ascontiguousarray(data.codes, np.uint8))
+        files.update(CODE_FILES)
+    else:
+        (root / CODES_FILE).unlink(missing_ok=True)
     if fsync:
         for name in files.values():
             with open(root / name, "rb") as f:
@@ -154,4 +169,5 @@ def read_catalog_dir(root: str | Path) -> CatalogData:
     nbr = None
     if (root / NEIGHBOR_FILES["nbr_ids"]).exists():
         nbr = (np.load(root / NEIGHBOR_FILES["nbr_ids"]), np.load(root / NEIGHBOR_FILES["nbr_weights"]))
-    return CatalogData(items, np.load(root / FILES["rows"]), np.load(root / FILES["scales"]), nbr)
+    codes = np.load(root / CODES_FILE) if (root / CODES_FILE).exists() else None
+    return CatalogData(items, np.load(root / FILES["rows"]), np.load(root / FILES["scales"]), nbr, codes)

@@ -20,11 +20,13 @@ import numpy as np
 
 from shelfrank.device import bundle as bfmt
 from shelfrank.device.catalog import POPULAR, Catalog, Item, Reason
+from shelfrank.device.codes import mean_digest
 from shelfrank.device.encoder import TextEncoder, make_session, open_text_encoder, provider_names
 from shelfrank.device.events import Event, EventStore
 from shelfrank.device.history import collapse, tower_feed
-from shelfrank.device.kernel import topk
-from shelfrank.device.ranker import RankerParams, cooc_scores, fuse, mmr, order, pop_feature, step_weights
+from shelfrank.device.hybrid import hybrid, reasons
+from shelfrank.device.planner import Planner
+from shelfrank.device.ranker import RankerParams, mmr, step_weights
 from shelfrank.device.text import ACTION_IDS
 from shelfrank.errors import BundleError, InputError
 
@@ -32,8 +34,6 @@ logger = logging.getLogger(__name__)
 
 #: shoppers per batch top-k scan in :meth:`Recommender.recommend_many` (the kernel's sweet spot)
 BATCH = 64
-#: an action as the verb of a reason's text ("because you viewed …")
-_VERB = dict(enumerate(("viewed", "clicked", "added to your cart", "bought")))
 
 
 def _state_dir_for(bundle: Path, explicit: str | Path | None) -> Path:
@@ -71,8 +71,14 @@ class Recommender:
         providers: list | None = None,
         max_history: int = 200,
         gpu_providers: list | None = None,
+        planner: Planner | None = None,
     ) -> None:
         self.bundle, self.manifest, self.state_dir = bundle, manifest, state_dir
+        #: picks the exact or the two-pass scan and records which ran (device/planner.py; the board's
+        #: ``first_pass`` and ``first_pass_r``)
+        self.planner = planner if planner is not None else Planner()
+        mean = manifest.catalog.mean  # the codes' centre (None: an older bundle, exact scans only)
+        self.catalog_mean = None if mean is None else np.asarray(mean, np.float32)
         self.public_key = public_key  # the publisher key the bundle verified with; catalog indexes too
         self.threads, self.providers = threads, providers
         self.gpu_providers = gpu_providers  # the board's: the text encoder's fp16 path (open_text_encoder)
@@ -136,9 +142,9 @@ class Recommender:
             logger.warning("%s: no trusted publisher key pinned; trusting the bundle's own key (unpinned)", bundle)
         trusted = bfmt.load_public_key(key if key is not None else bundle / bfmt.PUBLIC_KEY)
         manifest = bfmt.verify_bundle(bundle.resolve(), public_key=trusted)
-        n_threads, providers, gpu_providers = 1, None, None
+        n_threads, providers, gpu_providers, planner = 1, None, None, None
         if board is not None:
-            n_threads, providers, gpu_providers = _board_settings(board)
+            n_threads, providers, gpu_providers, planner = _board_settings(board)
         if threads is not None:
             n_threads = int(threads)
         return cls(
@@ -149,6 +155,7 @@ class Recommender:
             threads=n_threads,
             providers=providers,
             gpu_providers=gpu_providers,
+            planner=planner,
         )
 
     # ---- the catalog ----------------------------------------------------------------------------
@@ -164,8 +171,10 @@ class Recommender:
         version, path, meta = synced
         if version <= newer_than or meta.get("model_sha256") != self.manifest["model"]["sha256"]:
             return None
+        # codes derived with another bundle's mean (a re-export since that sync) are not used
+        same_mean = meta.get("codes_mean") in (None, mean_digest(self.catalog_mean))
         try:
-            return Catalog(path, version=version, dim=self.dim)
+            return self._open_catalog(path, version, codes=same_mean)
         except BundleError as e:
             logger.warning("synced catalog %s unusable (%s); keeps serving version %d", path, e, newer_than)
             return None
@@ -174,10 +183,14 @@ class Recommender:
         """The newer of the bundle's catalog and the last one synced into the state folder."""
         base_version = int(self.manifest["catalog"]["version"])
         synced = self._synced_catalog(base_version)
-        return synced if synced is not None else Catalog(self.bundle / "catalog", version=base_version, dim=self.dim)
+        return synced if synced is not None else self._open_catalog(self.bundle / "catalog", base_version)
+
+    def _open_catalog(self, path: Path, version: int, *, codes: bool = True) -> Catalog:
+        mean = self.catalog_mean if codes else None
+        return Catalog(path, version=version, dim=self.dim, mean=mean, planner=self.planner)
 
     def _swap_catalog(self, path: Path, version: int) -> None:
-        new = Catalog(path, version=version, dim=self.dim)
+        new = self._open_catalog(path, version)
         with self._lock:
             self.catalog = new  # one reference swap: a query already running keeps its catalog
 
@@ -323,7 +336,7 @@ class Recommender:
             return rows, [float(pop[r]) for r in rows]
         if top is None:
             want = min(k + len(skip), len(cat))
-            top = topk(query, cat.rows, want, scales=cat.scales, mask=mask, threads=self.threads)
+            top = cat.topk(query, want, mask=mask, threads=self.threads)
         ids, scores = top
         rows, kept = [], []
         for r, s in zip(ids.tolist(), scores.tolist()):
@@ -399,7 +412,7 @@ class Recommender:
             if scan:
                 width = max(plans[i].want for i in scan)
                 queries = np.stack([shoppers[i].u for i in scan])
-                ids, scores = topk(queries, cat.rows, width, scales=cat.scales, mask=mask, threads=self.threads)
+                ids, scores = cat.topk(queries, width, mask=mask, threads=self.threads)
                 # the kernel's order is total (score, then row), so a shopper's first `want` of the
                 # wider answer are exactly what a scan for `want` gives
                 tops = {i: (ids[j, : plans[i].want], scores[j, : plans[i].want]) for j, i in enumerate(scan)}
@@ -455,141 +468,13 @@ class Recommender:
         why = self._reasons(cat, h_rows, q.steps, hist)
         return cat.items(h_rows.tolist(), scores.tolist(), score_kind="fused", reasons=why)
 
-    def _reasons(
-        self,
-        cat: Catalog,
-        rows: np.ndarray,
-        steps: list[tuple[int, int]],
-        hist: tuple[np.ndarray, np.ndarray] | None,
-    ) -> list[Reason]:
-        """Why each of ``rows`` is recommended from the shopper's collapsed ``steps``.
+    def _reasons(self, cat: Catalog, rows: np.ndarray, steps: list[tuple[int, int]], hist) -> list[Reason]:
+        """Why each of ``rows`` is recommended (device/hybrid.py ``reasons``)."""
+        return reasons(cat, rows, steps, hist, self.max_events)
 
-        With ``hist`` (the hybrid's recent rows and step weights, newest first): a row that some
-        recent item's neighbour list holds is ``co-occurrence``, naming the (at most 3) recent items
-        that gave it the most co-occurrence weight, best first. Any other row is ``history``,
-        naming the recent item (the tower's window) whose vector is closest to it; itself, when it
-        is a recent item (a repeat). A few small products over k rows: no catalog-sized work.
-        """
-        if len(rows) == 0:
-            return []
-        latest: dict[int, int] = {}  # each item's newest action, newest item first
-        for r, a in reversed(steps):
-            latest.setdefault(r, a)
-        drivers: dict[int, list[int]] = {}  # result index -> its co-occurrence drivers
-        if hist is not None and cat.neighbor_ids is not None and len(hist[0]):
-            h_rows, h_w = hist
-            w = cat.neighbor_weights[h_rows].astype(np.float32) * h_w[:, None]
-            hit = cat.neighbor_ids[h_rows][None, :, :] == rows[:, None, None]  # (k, H, M)
-            per_item = (hit * w[None]).sum(axis=2)  # (k, H): a row is at most once in a list
-            uniq = h_rows
-            if len(set(h_rows.tolist())) < len(h_rows):  # one item at several steps: its weights add up
-                uniq, inv = np.unique(h_rows, return_inverse=True)
-                per_item = per_item @ (inv[:, None] == np.arange(len(uniq))[None, :]).astype(np.float32)
-            has = np.flatnonzero((per_item > 0).any(axis=1))
-            if len(has):
-                sub = per_item[has]
-                # most weight first, ties to the lower row: the keys' last is the primary one
-                best = np.lexsort((np.broadcast_to(uniq, sub.shape), -sub), axis=-1)[:, :3]
-                for i, b, v in zip(has.tolist(), best, sub):
-                    drivers[i] = [int(uniq[j]) for j in b.tolist() if v[j] > 0]
-        rest = [i for i in range(len(rows)) if i not in drivers]
-        closest: dict[int, int] = {}  # result index -> the recent item closest to it
-        if rest:
-            window = dict.fromkeys(r for r, _ in reversed(steps[-self.max_events :]))
-            recent = np.fromiter(window, np.int64, len(window))  # the tower's window, newest first
-            v = cat.vectors(np.concatenate([rows[rest], recent]))
-            near = (v[: len(rest)] @ v[len(rest) :].T).argmax(axis=1)  # ties go to the newest
-            for i, j in zip(rest, near.tolist()):
-                row = int(rows[i])
-                closest[i] = row if row in window else int(recent[j])  # a repeat names itself
-        ids = cat.item_ids
-        out = []
-        for i, row in enumerate(rows.tolist()):
-            d = drivers.get(i)
-            if d:
-                text = f"often chosen with “{cat.title(d[0])}”, which you {_VERB[latest[d[0]]]}"
-                out.append(Reason("co-occurrence", tuple(ids[r] for r in d), text))
-                continue
-            src = closest[i]
-            if src == row:
-                text = f"you {_VERB[latest[row]]} it recently"
-            else:
-                text = f"because you {_VERB[latest[src]]} “{cat.title(src)}”"
-            out.append(Reason("history", (ids[src],), text))
-        return out
-
-    def _hybrid(
-        self,
-        cat: Catalog,
-        u: np.ndarray,
-        steps: list[tuple[int, int]],
-        k: int,
-        mask: np.ndarray | None,
-        seen: frozenset[int],
-        allow_seen: bool,
-        top: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The k best rows by the fused score (device/ranker.py) and their scores, best first: the
-        candidates by the fused score, then (when they are fewer than k) the rest in tower order.
-        ``top``: the tower's top-k answer for ``candidates + k + len(seen)`` rows when the caller
-        already has it (:meth:`recommend_many`)."""
-        # Every step below works on a few hundred to a few thousand candidates, where numpy's
-        # general-purpose set routines (hash-based np.unique, np.isin's pass per seen row) and a
-        # full sort cost more than the arithmetic: sorted arrays, binary searches and a sort of
-        # only the best instead. The result is the same, bit for bit.
-        p = self.ranker
-        h_rows, h_w = step_weights(steps, p)
-        c_items, c_scores = cooc_scores(h_rows, h_w, cat.neighbor_ids, cat.neighbor_weights)
-        seen_rows = np.sort(np.fromiter(seen, np.int64, len(seen)))
-        if seen and len(c_items):  # seen items are no candidates and do not set the scale
-            keep = ~_member(c_items, seen_rows)
-            c_items, c_scores = c_items[keep], c_scores[keep]
-        cmax = float(c_scores.max()) if len(c_scores) else 0.0
-        # the tower's best `candidates` rows, then k more for the rest below the candidates
-        if top is None:
-            want = min(p.candidates + k + len(seen), len(cat))
-            top = topk(u, cat.rows, want, scales=cat.scales, mask=mask, threads=self.threads)
-        ids, t_scores = top
-        ok = ids >= 0
-        if seen:
-            ok &= ~_member(ids, seen_rows)
-        ids, t_scores = ids[ok].astype(np.int64), t_scores[ok]
-        t_rows = ids[: p.candidates]
-        if mask is not None and len(c_items):
-            c_ok = mask[c_items]
-            c_in, c_sc = c_items[c_ok], c_scores[c_ok]
-        else:
-            c_in, c_sc = c_items, c_scores
-        parts = [t_rows, c_in]
-        rep_rows = np.zeros(0, np.int64)
-        if allow_seen and len(h_rows):  # the recent items are candidates (as in the export), repeat or not
-            rep_rows = h_rows[h_w > 0]
-            rep_rows = rep_rows if mask is None else rep_rows[mask[rep_rows]]
-            parts.append(rep_rows)
-        cand = np.concatenate(parts)
-        if len(cand) == 0:
-            return cand, np.zeros(0, np.float32)
-        cand.sort()  # the union, ascending (as np.unique gives it)
-        cand = cand[np.concatenate(([True], cand[1:] != cand[:-1]))]
-        tower = cat.vectors(cand) @ u
-        cooc = np.zeros(len(cand), np.float32)
-        if len(c_in):
-            cooc[np.searchsorted(cand, c_in)] = c_sc
-        rep = 0.0
-        if len(rep_rows):
-            rep = np.zeros(len(cand), np.float32)
-            inc = _member(h_rows, cand)
-            np.add.at(rep, np.searchsorted(cand, h_rows[inc]), h_w[inc])
-        fused = fuse(p, tower.astype(np.float32), cooc, cmax, pop_feature(cat.popularity[cand]), rep)
-        o = _best(fused, cand, k)
-        rows, scores = cand[o], fused[o]
-        if len(rows) < k:  # the rest ranks below every candidate, in tower order (as hybrid_scores)
-            rest = ~_member(ids, cand)
-            more = k - len(rows)
-            low = np.float32(fused.min() - 2.0)  # tower ≤ 1: below the lowest candidate
-            rows = np.concatenate([rows, ids[rest][:more]])
-            scores = np.concatenate([scores, (t_scores[rest][:more] + low).astype(np.float32)])
-        return rows, scores
+    def _hybrid(self, cat: Catalog, u, steps, k, mask, seen, allow_seen, top=None) -> tuple[np.ndarray, np.ndarray]:
+        """The hybrid ranking of one shopper (device/hybrid.py ``hybrid``) with this bundle's ranker."""
+        return hybrid(self.ranker, cat, u, steps, k, mask, seen, allow_seen, top, threads=self.threads)
 
     def similar(self, item_id: str, k: int = 10, *, where: Mapping[str, Any] | None = None) -> list[Item]:
         """Items closest to ``item_id`` (never the item itself), best first, by cosine similarity
@@ -716,26 +601,8 @@ def _str_seq(name: str, values: Any) -> list[str]:
     return out
 
 
-def _member(a: np.ndarray, sorted_b: np.ndarray) -> np.ndarray:
-    """``np.isin(a, sorted_b)`` for a sorted, non-empty ``sorted_b``: one binary search per element."""
-    pos = np.minimum(np.searchsorted(sorted_b, a), len(sorted_b) - 1)
-    return sorted_b[pos] == a
-
-
-def _best(scores: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """``order(scores, rows)[:k]`` sorting only what can be among the k best: every entry scoring
-    at least the k-th best score (ties included), then ordered by the same rule."""
-    if k >= len(scores):
-        return order(scores, rows)
-    kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-    if not np.isfinite(kth):  # NaN sorts last in both; leave such an input to the full order
-        return order(scores, rows)[:k]
-    sel = np.flatnonzero(scores >= kth)
-    return sel[order(scores[sel], rows[sel])][:k]
-
-
-def _board_settings(board: str) -> tuple[int, list | None, list | None]:
+def _board_settings(board: str) -> tuple[int, list | None, list | None, Planner]:
     from shelfrank.device.boards import load_board
 
     cfg = load_board(board)
-    return cfg.threads, cfg.ort_providers(), cfg.gpu_ort_providers()
+    return cfg.threads, cfg.ort_providers(), cfg.gpu_ort_providers(), Planner(cfg.first_pass, cfg.first_pass_r)

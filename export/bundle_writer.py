@@ -15,6 +15,7 @@ import numpy as np
 from shelfrank import __version__
 from shelfrank.device import bundle as bfmt
 from shelfrank.device.catalog_files import CatalogData, write_catalog_dir
+from shelfrank.device.codes import catalog_mean, derive_codes
 from shelfrank.device.text import ACTION_IDS, ITEM_FIELDS, SEPARATOR
 from shelfrank.export.data import Dataset
 
@@ -27,9 +28,15 @@ def write_catalog(
     popularity: np.ndarray,
     neighbors: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
-    """The bundle's catalog (version 1) under ``root/catalog``; returns its manifest entry."""
+    """The bundle's catalog (version 1) under ``root/catalog``; returns its manifest entry.
+
+    With the binary codes of the two-pass scan (device/codes.py): ``codes.u8.npy`` beside the rows
+    and the catalog mean, their centre, in the entry (``mean``).
+    """
     items = [{**ds.catalog.record(i), "popularity": float(popularity[i])} for i in range(len(ds.catalog))]
-    data = CatalogData(items, rows8, scales.astype(np.float32), neighbors)
+    scales = scales.astype(np.float32)
+    mean = catalog_mean(rows8, scales)
+    data = CatalogData(items, rows8, scales, neighbors, derive_codes(rows8, scales, mean))
     data.check(int(rows8.shape[1]), f"{ds.name} catalog")
     files = write_catalog_dir(root / "catalog", data, fsync=False)
     return {
@@ -38,6 +45,7 @@ def write_catalog(
         "dim": int(rows8.shape[1]),
         "dtype": "int8",
         "files": {role: f"catalog/{name}" for role, name in files.items()},
+        "mean": [float(x) for x in mean],
     }
 
 

@@ -18,6 +18,15 @@ from shelfrank.errors import ShelfrankError
 #: kernel ISA paths a board may expect (native/src/dispatch.cpp picks one at run time)
 ISAS = ("scalar", "avx2", "avxvnni", "avx512vnni", "neon", "neon_dot")
 PRECISIONS = ("int8", "fp16", "fp32")
+#: the dense scan's first pass (device/planner.py): the exact int8 scan, binary codes then an exact
+#: rescore, or the planner's choice by catalog size
+FIRST_PASS = ("auto", "exact", "binary")
+#: bounds of ``first_pass_r``: at least a query's default k (a first pass that keeps fewer
+#: candidates than the results asked for cannot answer), at most where the rescore's random reads
+#: cost more than the scan saves
+FIRST_PASS_R_MIN, FIRST_PASS_R_MAX = 10, 100_000
+#: ``first_pass_r`` when a board does not set it (recall@10 >= 0.99 at 1M items: docs/device.md)
+FIRST_PASS_R_DEFAULT = 1000
 #: an onnxruntime execution provider name (``CPUExecutionProvider``)
 ProviderName = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z][A-Za-z0-9_]*$")]
 _NO_CONTROL = rf"^(?![\s\S]*[{_CONTROL}])"
@@ -82,6 +91,21 @@ class BoardConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             le=86400,
         ),
     ] = 900
+    first_pass: Annotated[
+        typing.Literal[FIRST_PASS],  # type: ignore[valid-type]
+        _doc(
+            "the dense scan: 'exact' (int8), 'binary' (binary codes, then the best first_pass_r rescored "
+            "exactly) or 'auto' (binary when the catalog has codes and is large enough to pay, docs/device.md)"
+        ),
+    ] = "auto"
+    first_pass_r: Annotated[
+        int,
+        _doc(
+            "candidates the binary first pass keeps for the exact rescore (a query needing more keeps more)",
+            ge=FIRST_PASS_R_MIN,
+            le=FIRST_PASS_R_MAX,
+        ),
+    ] = FIRST_PASS_R_DEFAULT
     notes: Annotated[str, _doc("anything a user should know")] = ""
     #: where it was read from (set by the loader; not a key of the file)
     source: str = ""

@@ -75,6 +75,9 @@ class CatalogEntry(_Entry):
     dtype: typing.Literal["int8"] = "int8"
     files: dict[Name, SafeRelPath] = {}
     sha256: dict[Name, Sha256Hex] = {}
+    #: the mean of the dequantised rows, the centre of the binary codes (``files.codes``,
+    #: device/codes.py); None in a bundle without codes (the runtime scans it exactly)
+    mean: Annotated[list[Annotated[float, Meta(ge=-1.0, le=1.0)]], Meta(max_length=4096)] | None = None
 
 
 class TowerOutput(_Entry):
@@ -181,6 +184,15 @@ class Manifest(_Entry, dict=True):
                     f"{where}: {entry} file {file!r} is not in the signed 'files' table with the same sha256 "
                     "(an inconsistent manifest; re-export the bundle)"
                 )
+        if self.catalog.mean is not None and len(self.catalog.mean) != self.model.dim:
+            raise BundleError(
+                f"{where}: catalog.mean has {len(self.catalog.mean)} numbers, not model.dim {self.model.dim}; "
+                "re-export the bundle"
+            )
+        if "codes" in self.catalog.files and self.catalog.mean is None:
+            raise BundleError(
+                f"{where}: catalog.files.codes without catalog.mean (the codes' centre); re-export the bundle"
+            )
         dims = {"catalog.dim": self.catalog.dim, "user_tower.output.dim": self.user_tower.output.dim}
         for name, dim in dims.items():
             if dim is not None and dim != self.model.dim:

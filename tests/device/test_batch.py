@@ -52,13 +52,13 @@ def test_recommend_many_equals_the_single_calls(request, which, kw, monkeypatch)
 def test_recommend_many_uses_one_batch_scan(hybrid_rec, monkeypatch):
     users = shoppers(hybrid_rec, 10, seed=1)
     calls: list[tuple] = []
-    real = recmod.topk
+    real = hybrid_rec.planner.topk  # every dense scan goes through the planner (device/planner.py)
 
-    def spy(q, *a, **kw):
+    def spy(cat, q, *a, **kw):
         calls.append(np.shape(q))
-        return real(q, *a, **kw)
+        return real(cat, q, *a, **kw)
 
-    monkeypatch.setattr(recmod, "topk", spy)
+    monkeypatch.setattr(hybrid_rec.planner, "topk", spy)
     hybrid_rec.recommend_many([*users, "cold"], k=5)
     assert calls == [(10, hybrid_rec.dim)]  # the cold shopper needs no scan
 

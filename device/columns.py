@@ -1,0 +1,143 @@
+"""Compact per-item columns of a catalog: strings in one UTF-8 blob, and an id → row index.
+
+At 1M items a Python ``str`` per id (~60 bytes) and an id → row ``dict`` (~40 bytes an entry more)
+were ~100 MB resident. Here an id costs its UTF-8 bytes plus 4 (its end offset) in
+:class:`Strings`, and 12 in :class:`IdIndex` (a sorted int64 hash and an int32 row): a lookup is
+one binary search and one compare of the stored bytes (hash collisions are walked, so the answer is
+exact). The hashes are Python's own ``hash(str)``: salted per process, which is fine for an index
+that lives only in this process (docs/device.md, "Memory").
+"""
+
+from __future__ import annotations
+
+import bisect
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import overload
+
+import numpy as np
+
+__all__ = ["IdIndex", "Strings"]
+
+
+class Strings(Sequence[str]):
+    """N strings stored as one UTF-8 blob and their end offsets (an ``array('q')``)."""
+
+    __slots__ = ("_blob", "_ends")
+
+    def __init__(self, blob: bytes | bytearray, ends: array) -> None:
+        self._blob, self._ends = blob, ends
+
+    @classmethod
+    def build(cls, values: Iterable[str]) -> Strings:
+        blob, ends = bytearray(), array("q")
+        for v in values:
+            blob += v.encode()
+            ends.append(len(blob))
+        return cls(blob, ends)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        ends = self._ends
+        if i < 0:
+            i += len(ends)
+        end = ends[i]  # IndexError past the end, as a list
+        return self._blob[ends[i - 1] if i else 0 : end].decode()
+
+    def raw(self, i: int) -> bytes | bytearray:
+        """The UTF-8 bytes of string ``i`` (no decode)."""
+        ends = self._ends
+        return self._blob[ends[i - 1] if i else 0 : ends[i]]
+
+    def __iter__(self) -> Iterator[str]:
+        blob, start = self._blob, 0
+        for end in self._ends:
+            yield blob[start:end].decode()
+            start = end
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Strings, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking sequence: like list
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(s) for s in self[:3])
+        return f"Strings([{head}{', …' if len(self) > 3 else ''}], n={len(self)})"
+
+    def nbytes(self) -> int:
+        return len(self._blob) + self._ends.itemsize * len(self._ends)
+
+
+class IdIndex(Mapping[str, int]):
+    """item id → row over a :class:`Strings` of ids (unique), by sorted hashes; read-only."""
+
+    __slots__ = ("_hashes", "_ids", "_rows", "_sorted")
+
+    def __init__(self, ids: Strings, hashes: array | np.ndarray | None = None) -> None:
+        """``hashes``: ``hash(id)`` of every id in row order, when the caller computed them while reading."""
+        self._ids = ids
+        h = np.fromiter(map(hash, ids), np.int64, len(ids)) if hashes is None else np.asarray(hashes, np.int64)
+        order = np.argsort(h, kind="stable")
+        self._rows = order.astype(np.int32)
+        self._hashes = h[order]
+        self._sorted = self._hashes.tolist() if len(h) <= 4096 else None  # bisect on a list: fast for small
+
+    def _find(self, key: object) -> int:
+        if not isinstance(key, str):
+            return -1
+        hv = hash(key)
+        hs = self._hashes
+        i = bisect.bisect_left(self._sorted, hv) if self._sorted is not None else int(np.searchsorted(hs, hv))
+        if i < len(hs) and hs[i] == hv:
+            want = key.encode()
+            while i < len(hs) and hs[i] == hv:  # a collision: walk the equal hashes
+                row = int(self._rows[i])
+                if self._ids.raw(row) == want:
+                    return row
+                i += 1
+        return -1
+
+    def __getitem__(self, key: str) -> int:
+        row = self._find(key)
+        if row < 0:
+            raise KeyError(key)
+        return row
+
+    def __contains__(self, key: object) -> bool:
+        return self._find(key) >= 0
+
+    def get(self, key: str, default=None):
+        row = self._find(key)
+        return default if row < 0 else row
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def rows_of(self, keys: Sequence[str]) -> np.ndarray:
+        """The row of every key, -1 where it is not an id here (int64, one binary search for all)."""
+        n = len(keys)
+        if n == 0 or len(self._hashes) == 0:
+            return np.full(n, -1, np.int64)
+        hv = np.fromiter((hash(k) for k in keys), np.int64, n)
+        pos = np.minimum(np.searchsorted(self._hashes, hv), len(self._hashes) - 1)
+        out = np.where(self._hashes[pos] == hv, self._rows[pos].astype(np.int64), -1)
+        for j in np.flatnonzero(out >= 0).tolist():  # confirm the bytes (a collision walks)
+            if self._ids.raw(int(out[j])) != keys[j].encode():
+                out[j] = self._find(keys[j])
+        return out
+
+    def nbytes(self) -> int:
+        return self._hashes.nbytes + self._rows.nbytes

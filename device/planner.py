@@ -1,0 +1,159 @@
+"""Which scan answers a dense query: the exact int8 scan, or the two-pass scan (binary codes first).
+
+Every dense top-k of the runtime (``recommend``'s tower scan, the dense part of ``search``,
+``similar``) goes through :meth:`Planner.topk`. The two-pass scan reads the catalog's binary codes
+(device/codes.py, an eighth of the int8 rows' bytes), keeps the ``r`` rows nearest by Hamming
+distance (masks honoured there), and rescores those exactly in int8: its scores are bit for bit
+those of the exact scan for the same rows, and with ``r`` ≥ the rows a mask allows it returns
+exactly what the exact scan returns.
+
+``first_pass`` (a board setting, :class:`~shelfrank.device.formats.BoardConfig`):
+
+- ``exact``: always the exact scan;
+- ``binary``: the two-pass scan whenever the catalog has codes (an older bundle without them is
+  scanned exactly);
+- ``auto`` (default): two-pass when the catalog has codes, the native kernel has the two-pass path
+  and the catalog has at least :data:`AUTO_MIN_ITEMS` rows, where it pays (measured: docs/device.md);
+  a smaller catalog silently uses the exact scan.
+
+``r`` is a floor: a query that needs more rows (the hybrid's candidates, a shopper's seen items)
+keeps ``max(r, want)`` candidates, so the first pass never starves the rescore.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from shelfrank.device.codes import native_two_pass
+from shelfrank.device.formats.board import FIRST_PASS, FIRST_PASS_R_DEFAULT, FIRST_PASS_R_MAX
+from shelfrank.device.kernel import topk as exact_topk
+from shelfrank.errors import InputError
+
+if TYPE_CHECKING:
+    from shelfrank.device.catalog import Catalog
+
+__all__ = ["AUTO_MIN_ITEMS", "DEFAULT_R", "FIRST_PASS", "MAX_R", "SCANS", "Planner", "two_pass_topk"]
+
+#: what :attr:`Planner.counts` and :attr:`Planner.last` record per scan
+SCANS = ("exact", "two_pass")
+#: ``auto`` picks the two-pass scan from this many catalog rows (the measured crossover, docs/device.md)
+AUTO_MIN_ITEMS = 50_000
+#: candidates kept by the first pass by default (recall@10 against exact int8 in docs/device.md)
+DEFAULT_R = FIRST_PASS_R_DEFAULT
+#: the most candidates a board may ask the first pass to keep (formats.board.FIRST_PASS_R_MAX)
+MAX_R = FIRST_PASS_R_MAX
+
+
+class Planner:
+    """The scan choice of one recommender (its board's ``first_pass`` and ``first_pass_r``), and a
+    record of what ran: :attr:`counts` per kind, :attr:`last` the latest kind. Thread-safe."""
+
+    def __init__(self, first_pass: str = "auto", r: int = DEFAULT_R, *, min_items: int = AUTO_MIN_ITEMS) -> None:
+        """Raises: InputError: an unknown ``first_pass`` or ``r`` outside [1, MAX_R]."""
+        if first_pass not in FIRST_PASS:
+            raise InputError(f"first_pass must be one of {', '.join(FIRST_PASS)}, got {first_pass!r}")
+        if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= MAX_R:
+            raise InputError(f"first_pass_r must be an integer in [1, {MAX_R:,}], got {r!r}")
+        self.first_pass, self.r, self.min_items = first_pass, r, int(min_items)
+        self.counts = dict.fromkeys(SCANS, 0)
+        self.last: str | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Planner(first_pass={self.first_pass!r}, r={self.r}, min_items={self.min_items})"
+
+    def choose(self, cat: Catalog, want: int) -> str:
+        """``"exact"`` or ``"two_pass"`` for a scan of ``cat`` asking for ``want`` rows."""
+        if self.first_pass == "exact" or cat.codes is None:
+            return "exact"
+        if max(self.r, want) >= len(cat):  # the first pass would keep every row: nothing to save
+            return "exact"
+        if self.first_pass == "binary":
+            return "two_pass"
+        return "two_pass" if native_two_pass() and len(cat) >= self.min_items else "exact"
+
+    def topk(
+        self, cat: Catalog, query: np.ndarray, k: int, *, mask: np.ndarray | None = None, threads: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best rows of ``cat`` for ``query`` ((d,) or (B, d)), as ``kernel.topk`` returns them."""
+        kind = self.choose(cat, k)
+        with self._lock:
+            self.counts[kind] += 1
+            self.last = kind
+        if kind == "exact":
+            return exact_topk(query, cat.rows, k, scales=cat.scales, mask=mask, threads=threads)
+        r = max(self.r, k)
+        return two_pass_topk(
+            query, cat.rows, k, codes=cat.codes, mean=cat.mean, r=r, scales=cat.scales, mask=mask, threads=threads
+        )
+
+    def describe(self, cat: Catalog, k: int = 10) -> dict:
+        """What a scan of ``cat`` for ``k`` rows would run, for a bench or a status page."""
+        return {
+            "first_pass": self.first_pass,
+            "r": self.r,
+            "min_items": self.min_items,
+            "codes": cat.codes is not None,
+            "native_two_pass": native_two_pass(),
+            "scan": self.choose(cat, k),
+        }
+
+
+def two_pass_topk(
+    query: np.ndarray,
+    rows: np.ndarray,
+    k: int,
+    *,
+    codes: np.ndarray,
+    mean: np.ndarray,
+    r: int,
+    scales: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``kernel.topk_two_pass`` (the native kernel), or its numpy equivalent on a build without it.
+
+    Raises:
+        InputError: ``r`` < ``k`` or the kernel's own checks.
+    """
+    if isinstance(r, bool) or not isinstance(r, int) or r < k:
+        raise InputError(f"two-pass scan: r = {r!r} candidates cannot give k = {k} results; pass r >= k")
+    if native_two_pass():
+        from shelfrank.device.kernel import topk_two_pass
+
+        return topk_two_pass(query, rows, k, codes=codes, mean=mean, r=r, scales=scales, mask=mask, threads=threads)
+    return _numpy_two_pass(query, rows, k, codes=codes, mean=mean, r=r, scales=scales, mask=mask, threads=threads)
+
+
+def _numpy_two_pass(query, rows, k, *, codes, mean, r, scales, mask, threads):
+    """The two-pass scan in numpy: the reference semantics, and the path of a build without the kernel."""
+    q = np.asarray(query, np.float32)
+    if q.ndim == 2:
+        parts = [
+            _numpy_two_pass(x, rows, k, codes=codes, mean=mean, r=r, scales=scales, mask=mask, threads=threads)
+            for x in q
+        ]
+        return np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts])
+    n = rows.shape[0]
+    qcode = np.packbits(q - mean > 0, bitorder="little")
+    ham = np.bitwise_count(codes ^ qcode).sum(axis=1, dtype=np.int64)
+    key = ham * (n + 1) + np.arange(n)  # nearest first, ties to the lower row
+    if mask is not None:
+        key[~mask] = np.iinfo(np.int64).max
+    allowed = n if mask is None else int(np.count_nonzero(mask))
+    take = min(r, allowed)
+    if take <= 0:
+        return np.full(k, -1, np.int64), np.full(k, -np.inf, np.float32)
+    cand = np.sort(np.argpartition(key, take - 1)[:take] if take < n else np.arange(n))
+    ids, scores = exact_topk(
+        q, np.ascontiguousarray(rows[cand]), min(k, len(cand)), scales=None if scales is None else scales[cand]
+    )
+    out_ids = np.full(k, -1, np.int64)
+    out_scores = np.full(k, -np.inf, np.float32)
+    ok = ids >= 0
+    out_ids[: len(ids)][ok] = cand[ids[ok]]
+    out_scores[: len(ids)][ok] = scores[ok]
+    return out_ids, out_scores
