@@ -30,7 +30,6 @@ import numpy as np
 
 from shelfrank.device.catalog import Catalog
 from shelfrank.device.encoder import TextEncoder
-from shelfrank.device.kernel import topk
 from shelfrank.device.lexical import LexicalIndex, terms
 from shelfrank.device.ranker import order
 from shelfrank.errors import BundleError, InputError
@@ -221,7 +220,7 @@ def dense(
     cat: Catalog, q: np.ndarray, n: int, mask: np.ndarray | None, *, threads: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """The dense candidates: the ``n`` best rows by cosine to the query vector (−1 fill dropped)."""
-    ids, scores = topk(q, cat.rows, min(n, len(cat)), scales=cat.scales, mask=mask, threads=threads)
+    ids, scores = cat.topk(q, min(n, len(cat)), mask=mask, threads=threads)  # the planner's scan (device/planner.py)
     ok = ids >= 0
     return ids[ok].astype(np.int64), scores[ok]
 
