@@ -69,10 +69,10 @@ class Planner:
         """``"exact"`` or ``"two_pass"`` for a scan of ``cat`` asking for ``want`` rows."""
         if self.first_pass == "exact" or cat.codes is None:
             return "exact"
-        if max(self.r, want) >= len(cat):  # the first pass would keep every row: nothing to save
-            return "exact"
         if self.first_pass == "binary":
             return "two_pass"
+        if max(self.r, want) >= len(cat) // 2:  # the first pass would keep most rows: nothing to save
+            return "exact"
         return "two_pass" if native_two_pass() and len(cat) >= self.min_items else "exact"
 
     def topk(
@@ -85,7 +85,7 @@ class Planner:
             self.last = kind
         if kind == "exact":
             return exact_topk(query, cat.rows, k, scales=cat.scales, mask=mask, threads=threads)
-        r = max(self.r, k)
+        r = min(max(self.r, k), len(cat))
         return two_pass_topk(
             query, cat.rows, k, codes=cat.codes, mean=cat.mean, r=r, scales=cat.scales, mask=mask, threads=threads
         )
