@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shelfrank import _native
+from shelfrank.device.kernel import binary_codes
 from shelfrank.errors import BundleError, InputError
 
 __all__ = [
@@ -28,17 +28,11 @@ __all__ = [
     "code_bytes",
     "derive_codes",
     "mean_digest",
-    "native_two_pass",
 ]
 
 #: the codes' file in a catalog folder (beside ``emb.i8.npy``)
 CODES_FILE = "codes.u8.npy"
 _BLOCK = 8192  # rows per block: no catalog-sized float temporary
-
-
-def native_two_pass() -> bool:
-    """Whether this build of ``shelfrank._native`` has the two-pass kernel."""
-    return hasattr(_native, "topk_two_pass")
 
 
 def code_bytes(dim: int) -> int:
@@ -55,11 +49,10 @@ def catalog_mean(rows: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return (total / max(n, 1)).astype(np.float32)
 
 
-def derive_codes(rows: np.ndarray, scales: np.ndarray, mean: np.ndarray) -> np.ndarray:
+def derive_codes(rows: np.ndarray, scales: np.ndarray, mean: np.ndarray, *, threads: int = 1) -> np.ndarray:
     """The codes (uint8 (N, ceil(d/8))) of int8 ``rows`` with per-row ``scales``, centred by ``mean``.
 
-    The native kernel when this build has it (about a second for 1M × 384 on one core, see
-    docs/device.md), else the same bits from numpy.
+    The native kernel (``kernel.binary_codes``; the time at 1M × 384 is in docs/device.md).
 
     Raises:
         InputError: mismatched shapes or dtypes.
@@ -72,22 +65,7 @@ def derive_codes(rows: np.ndarray, scales: np.ndarray, mean: np.ndarray) -> np.n
             f"codes: rows must be int8 (N, d) with float32 scales (N,) and a float32 mean (d,); got rows "
             f"{rows.dtype} {rows.shape}, scales {scales.shape}, mean {mean.shape}"
         )
-    if native_two_pass():
-        from shelfrank.device.kernel import binary_codes
-
-        return binary_codes(rows, scales=scales, mean=mean)
-    return _numpy_codes(rows, scales, mean)
-
-
-def _numpy_codes(rows: np.ndarray, scales: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """:func:`derive_codes` in numpy (the reference the native kernel is tested against)."""
-    n, d = rows.shape
-    out = np.empty((n, code_bytes(d)), np.uint8)
-    for s in range(0, n, _BLOCK):
-        v = rows[s : s + _BLOCK].astype(np.float32)
-        v *= scales[s : s + _BLOCK, None]  # the float32 product the kernel's dequantisation gives
-        out[s : s + _BLOCK] = np.packbits(v - mean > 0, axis=1, bitorder="little")
-    return out
+    return binary_codes(rows, scales=scales, mean=mean, threads=threads)
 
 
 def mean_digest(mean: np.ndarray | None) -> str | None:

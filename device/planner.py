@@ -12,9 +12,8 @@ exactly what the exact scan returns.
 - ``exact``: always the exact scan;
 - ``binary``: the two-pass scan whenever the catalog has codes (an older bundle without them is
   scanned exactly);
-- ``auto`` (default): two-pass when the catalog has codes, the native kernel has the two-pass path
-  and the catalog has at least :data:`AUTO_MIN_ITEMS` rows, where it pays (measured: docs/device.md);
-  a smaller catalog silently uses the exact scan.
+- ``auto`` (default): two-pass when the catalog has codes and at least :data:`AUTO_MIN_ITEMS` rows,
+  where it pays (measured: docs/device.md); a smaller catalog silently uses the exact scan.
 
 ``r`` is a floor: a query that needs more rows (the hybrid's candidates, a shopper's seen items)
 keeps ``max(r, want)`` candidates, so the first pass never starves the rescore.
@@ -27,9 +26,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shelfrank.device.codes import native_two_pass
 from shelfrank.device.formats.board import FIRST_PASS, FIRST_PASS_R_DEFAULT, FIRST_PASS_R_MAX
 from shelfrank.device.kernel import topk as exact_topk
+from shelfrank.device.kernel import topk_two_pass
 from shelfrank.errors import InputError
 
 if TYPE_CHECKING:
@@ -73,7 +72,7 @@ class Planner:
             return "two_pass"
         if max(self.r, want) >= len(cat) // 2:  # the first pass would keep most rows: nothing to save
             return "exact"
-        return "two_pass" if native_two_pass() and len(cat) >= self.min_items else "exact"
+        return "two_pass" if len(cat) >= self.min_items else "exact"
 
     def topk(
         self, cat: Catalog, query: np.ndarray, k: int, *, mask: np.ndarray | None = None, threads: int = 1
@@ -97,7 +96,6 @@ class Planner:
             "r": self.r,
             "min_items": self.min_items,
             "codes": cat.codes is not None,
-            "native_two_pass": native_two_pass(),
             "scan": self.choose(cat, k),
         }
 
@@ -114,46 +112,11 @@ def two_pass_topk(
     mask: np.ndarray | None = None,
     threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``kernel.topk_two_pass`` (the native kernel), or its numpy equivalent on a build without it.
+    """``kernel.topk_two_pass`` (the native popcount scan and exact int8 rescore).
 
     Raises:
         InputError: ``r`` < ``k`` or the kernel's own checks.
     """
     if isinstance(r, bool) or not isinstance(r, int) or r < k:
         raise InputError(f"two-pass scan: r = {r!r} candidates cannot give k = {k} results; pass r >= k")
-    if native_two_pass():
-        from shelfrank.device.kernel import topk_two_pass
-
-        return topk_two_pass(query, rows, k, codes=codes, mean=mean, r=r, scales=scales, mask=mask, threads=threads)
-    return _numpy_two_pass(query, rows, k, codes=codes, mean=mean, r=r, scales=scales, mask=mask, threads=threads)
-
-
-def _numpy_two_pass(query, rows, k, *, codes, mean, r, scales, mask, threads):
-    """The two-pass scan in numpy: the reference semantics, and the path of a build without the kernel."""
-    q = np.asarray(query, np.float32)
-    if q.ndim == 2:
-        parts = [
-            _numpy_two_pass(x, rows, k, codes=codes, mean=mean, r=r, scales=scales, mask=mask, threads=threads)
-            for x in q
-        ]
-        return np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts])
-    n = rows.shape[0]
-    qcode = np.packbits(q - mean > 0, bitorder="little")
-    ham = np.bitwise_count(codes ^ qcode).sum(axis=1, dtype=np.int64)
-    key = ham * (n + 1) + np.arange(n)  # nearest first, ties to the lower row
-    if mask is not None:
-        key[~mask] = np.iinfo(np.int64).max
-    allowed = n if mask is None else int(np.count_nonzero(mask))
-    take = min(r, allowed)
-    if take <= 0:
-        return np.full(k, -1, np.int64), np.full(k, -np.inf, np.float32)
-    cand = np.sort(np.argpartition(key, take - 1)[:take] if take < n else np.arange(n))
-    ids, scores = exact_topk(
-        q, np.ascontiguousarray(rows[cand]), min(k, len(cand)), scales=None if scales is None else scales[cand]
-    )
-    out_ids = np.full(k, -1, np.int64)
-    out_scores = np.full(k, -np.inf, np.float32)
-    ok = ids >= 0
-    out_ids[: len(ids)][ok] = cand[ids[ok]]
-    out_scores[: len(ids)][ok] = scores[ok]
-    return out_ids, out_scores
+    return topk_two_pass(query, rows, k, codes=codes, mean=mean, r=r, scales=scales, mask=mask, threads=threads)

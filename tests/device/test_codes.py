@@ -16,11 +16,29 @@ from shelfrank.device import Recommender
 from shelfrank.device import bundle as bfmt
 from shelfrank.device.boards import BoardConfigError, parse_board
 from shelfrank.device.catalog import Catalog
-from shelfrank.device.codes import CODES_FILE, _numpy_codes, catalog_mean, derive_codes
+from shelfrank.device.codes import CODES_FILE, catalog_mean, derive_codes
 from shelfrank.device.kernel import topk
-from shelfrank.device.planner import Planner, _numpy_two_pass, two_pass_topk
+from shelfrank.device.planner import Planner, two_pass_topk
 from shelfrank.errors import BundleError, InputError
 from shelfrank.testing import resign_bundle
+
+
+def _numpy_codes(rows: np.ndarray, scales: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """The codes' definition in numpy: the sign of (int8 row x scale - mean), little-endian bits."""
+    v = rows.astype(np.float32) * scales[:, None]
+    return np.packbits(v - mean > 0, axis=1, bitorder="little")
+
+
+def _numpy_two_pass(q, rows, k, *, codes, mean, r, scales, mask):
+    """The two-pass scan in numpy: the r rows nearest by Hamming distance (ties to the lower row,
+    masked rows never enter), rescored by the exact kernel."""
+    n = rows.shape[0]
+    ham = np.bitwise_count(codes ^ np.packbits(q - mean > 0, bitorder="little")).sum(axis=1, dtype=np.int64)
+    key = ham * (n + 1) + np.arange(n)
+    allowed = np.arange(n) if mask is None else np.flatnonzero(mask)
+    cand = np.sort(allowed[np.argsort(key[allowed], kind="stable")[:r]])
+    ids, scores = topk(q, np.ascontiguousarray(rows[cand]), k, scales=scales[cand])
+    return np.where(ids >= 0, cand[np.maximum(ids, 0)], -1), scores
 
 
 def fresh_codes(cat: Catalog, mean: np.ndarray) -> np.ndarray:
@@ -111,10 +129,8 @@ def test_two_pass_rescores_exactly_and_honours_the_mask(rec):
     exact_of = dict(zip(full_ids.tolist(), full_scores.tolist()))
     assert scores.tolist() == [exact_of[i] for i in ids.tolist()]
     assert list(zip(-scores, ids)) == sorted(zip(-scores, ids))
-    # the numpy reference and the product path agree
-    ref = _numpy_two_pass(
-        q, cat.rows, 10, codes=cat.codes, mean=cat.mean, r=25, scales=cat.scales, mask=mask, threads=1
-    )
+    # the numpy definition and the native kernel agree
+    ref = _numpy_two_pass(q, cat.rows, 10, codes=cat.codes, mean=cat.mean, r=25, scales=cat.scales, mask=mask)
     np.testing.assert_array_equal(ids, ref[0])
     # fewer allowed rows than k: -1 / -inf fill, as the exact kernel
     few = np.zeros(len(cat), bool)
@@ -145,9 +161,8 @@ def test_auto_uses_exact_on_a_small_catalog(rec):
     p = Planner("auto", r=10)
     assert p.choose(rec.catalog, 10) == "exact"  # 2,000-odd rows: below the crossover
     assert p.describe(rec.catalog)["scan"] == "exact"
-    assert Planner("auto", r=10, min_items=1).choose(rec.catalog, 10) == (
-        "two_pass" if p.describe(rec.catalog)["native_two_pass"] else "exact"
-    )
+    assert Planner("auto", r=10, min_items=1).choose(rec.catalog, 10) == "two_pass"
+    assert Planner("auto", r=len(rec.catalog), min_items=1).choose(rec.catalog, 10) == "exact"  # keeps most rows
     assert Planner("exact").choose(rec.catalog, 10) == "exact"
 
 
