@@ -2,10 +2,11 @@
 
 The transport: the standard library's ``http.server``, a thread per connection (at most
 ``max_connections``; beyond that a 503), HTTP/1.1 keep-alive, on 127.0.0.1 and/or a Unix socket.
-It knows HTTP framing and connections, never the recommender: one
-:class:`~shelfrank.device.endpoints.Service` (re-exported here) holds the opened
-:class:`~shelfrank.device.Recommender` and answers each request (:mod:`shelfrank.device.endpoints`);
-:func:`start` binds the listeners and serves them from background threads.
+It knows HTTP framing and connections, never the recommender: it hands each request's method,
+path, content type and body to one :class:`~shelfrank.device.routes.HttpApi`, which maps it onto
+an operation of :class:`~shelfrank.device.endpoints.Service` (the endpoints over the opened
+:class:`~shelfrank.device.Recommender`); :func:`start` binds the listeners and serves them from
+background threads.
 
 Every operation is ``POST /v1/<verb>`` with a JSON object body (shopper ids travel in bodies,
 never in URLs, so they never land in access logs), plus ``GET /v1/health``, ``GET /v1/status``
@@ -40,20 +41,20 @@ from pathlib import Path
 from typing import Any
 
 from shelfrank import __version__
-from shelfrank.device.endpoints import (  # Service and the limits re-exported: serve is the entry point
+from shelfrank.device.routes import (  # the limits and the description re-exported: serve is the entry point
     MAX_BODY,
     MAX_K,
     SEARCH_BODY,
     SMALL_BODY,
+    HttpApi,
     RequestError,
-    Service,
     error_body,
     openapi_spec,
     show,
 )
 from shelfrank.errors import InputError
 
-__all__ = ["MAX_BODY", "MAX_K", "SEARCH_BODY", "SMALL_BODY", "Servers", "Service", "openapi_spec", "start"]
+__all__ = ["MAX_BODY", "MAX_K", "SEARCH_BODY", "SMALL_BODY", "HttpApi", "Servers", "openapi_spec", "start"]
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger(__name__ + ".access")
@@ -130,7 +131,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = f"shelfrank/{__version__}"
     sys_version = ""
-    server: Any  # _TCPServer or _UnixServer: .service, .idle_timeout, .request_deadline, connection tracking
+    server: Any  # _TCPServer or _UnixServer: .api, .idle_timeout, .request_deadline, connection tracking
 
     def setup(self) -> None:
         self.timeout = self.server.idle_timeout
@@ -178,7 +179,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _timed_out(self) -> None:
         """408, then close: the client was too slow to send one whole request."""
-        self.server.service.count_rejected(408)
+        self.server.api.count_rejected(408)
         self.close_connection = True
         limit = self.server.request_deadline
         err = RequestError(408, "request_timeout", f"the request did not arrive in full within {limit:g} s")
@@ -189,7 +190,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             pass
 
     def _dispatch(self) -> None:
-        service: Service = self.server.service
+        api: HttpApi = self.server.api
         started = time.perf_counter()
         if self.headers.get("Transfer-Encoding") is not None:
             self._reject(411, "length_required", "chunked request bodies are not accepted; send Content-Length")
@@ -200,12 +201,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except RequestError as e:
             self._reject(e.status, e.kind, e.message)
             return
-        limit = service.body_limit(self.command, path)
+        limit = api.body_limit(self.command, path)
         if length > limit:
             message = f"the request body is {length} bytes; the limit for {self.command} {path} is {limit}"
             if not self._skipped_100 and length <= max(DRAIN_LIMIT, limit) and self._drain(length):
                 # read and dropped: the client sees the answer, not a reset, and may go on
-                service.count_rejected(413)
+                api.count_rejected(413)
                 self._write(413, error_body(RequestError(413, "payload_too_large", message)), {})
             else:
                 self._reject(413, "payload_too_large", message)
@@ -216,7 +217,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         self._reader.deadline = None
         self.connection.settimeout(self.server.idle_timeout)  # for writing the answer
-        status, payload, headers = service.handle(self.command, path, self.headers.get("Content-Type"), body)
+        status, payload, headers = api.handle(self.command, path, self.headers.get("Content-Type"), body)
         if headers.get("Connection") == "close":
             self.close_connection = True
         self._write(status, payload, headers)
@@ -238,7 +239,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             length = content_length(self.headers.get_all("Content-Length") or [])
         except RequestError:
             length = -1
-        if length < 0 or length > self.server.service.body_limit(self.command, self.path.split("?", 1)[0]):
+        if length < 0 or length > self.server.api.body_limit(self.command, self.path.split("?", 1)[0]):
             self._skipped_100 = True
             return True
         return super().handle_expect_100()
@@ -255,7 +256,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _reject(self, status: int, kind: str, message: str) -> None:
         """Refuse before the body was read: answer, then close without resetting the answer away."""
-        self.server.service.count_rejected(status)
+        self.server.api.count_rejected(status)
         self.close_connection = True
         self._write(status, error_body(RequestError(status, kind, message)), {"Connection": "close"})
         _linger(self.connection)
@@ -278,7 +279,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         text = message or explain or _reason(code)
         if code >= 500:  # 505 for an HTTP/2 request line: still the client's input, so a 4xx
             code, text = 400, f"{text}; speak HTTP/1.1"
-        self.server.service.count_rejected(code)
+        self.server.api.count_rejected(code)
         self.close_connection = True
         kind = "bad_request" if code == 400 else _ERROR_TYPES.get(code, "bad_request")
         self._write(code, error_body(RequestError(code, kind, text)), {"Connection": "close"})
@@ -315,16 +316,16 @@ def _reason(status: int) -> str:
 class _Tracking:
     """Connection bookkeeping shared by both listeners: the cap, and close() ending keep-alive connections."""
 
-    service: Service
+    api: HttpApi
     daemon_threads = True
     request_queue_size = 128
 
     def _init_tracking(
-        self, service: Service, *, max_connections: int, idle_timeout: float, request_deadline: float
+        self, api: HttpApi, *, max_connections: int, idle_timeout: float, request_deadline: float
     ) -> None:
         if max_connections < 1 or idle_timeout <= 0 or request_deadline <= 0:
             raise InputError("max_connections must be >= 1 and the timeouts > 0 seconds")
-        self.service = service
+        self.api = api
         self.max_connections, self.idle_timeout = int(max_connections), float(idle_timeout)
         self.request_deadline = float(request_deadline)
         self._active = 0  # connections handed to a thread and not finished
@@ -339,7 +340,7 @@ class _Tracking:
             if not busy:
                 self._active += 1
         if busy:
-            self.service.count_rejected(503)
+            self.api.count_rejected(503)
             _refuse(request, self.max_connections)
             self.shutdown_request(request)
             return
@@ -411,8 +412,8 @@ class _TCPHandler(_Handler):
 
 
 class _TCPServer(_Tracking, http.server.ThreadingHTTPServer):
-    def __init__(self, address: tuple[str, int], service: Service, **limits: Any) -> None:
-        self._init_tracking(service, **limits)
+    def __init__(self, address: tuple[str, int], api: HttpApi, **limits: Any) -> None:
+        self._init_tracking(api, **limits)
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.address_family = family
         super().__init__(address, _TCPHandler)
@@ -424,8 +425,8 @@ class _TCPServer(_Tracking, http.server.ThreadingHTTPServer):
 
 
 class _UnixServer(_Tracking, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    def __init__(self, path: str, service: Service, **limits: Any) -> None:
-        self._init_tracking(service, **limits)
+    def __init__(self, path: str, api: HttpApi, **limits: Any) -> None:
+        self._init_tracking(api, **limits)
         super().__init__(path, _Handler)
 
     def server_bind(self) -> None:
@@ -455,8 +456,8 @@ def _claim_unix_path(path: Path) -> None:
 class Servers:
     """The running listeners (from :func:`start`); ``close()`` stops them."""
 
-    def __init__(self, service: Service, servers: list) -> None:
-        self.service, self._servers = service, servers
+    def __init__(self, api: HttpApi, servers: list) -> None:
+        self.api, self._servers = api, servers
         self._threads = [
             threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2}, name=f"serve-{i}", daemon=True)
             for i, s in enumerate(servers)
@@ -495,7 +496,7 @@ class Servers:
             t.start()
         for t in stoppers:
             t.join()
-        self.service.close(timeout)
+        self.api.close(timeout)
         for s in self._servers:
             s.end_connections(timeout)
             s.server_close()
@@ -512,7 +513,7 @@ class Servers:
 
 
 def start(
-    service: Service,
+    api: Any,
     *,
     host: str = DEFAULT_HOST,
     port: int | None = DEFAULT_PORT,
@@ -524,6 +525,8 @@ def start(
     """Bind the listeners and serve from background threads.
 
     Args:
+        api: the :class:`HttpApi` to answer with, or the endpoints (a
+            :class:`~shelfrank.device.endpoints.Service`), answered through ``HttpApi(api)``.
         host, port: the TCP listener (port 0: any free port; ``port=None``: no TCP listener).
         unix: also (or, with ``port=None``, only) listen on this Unix socket path (mode 0660).
         max_connections: connections served at once, per listener; one more is answered 503 and closed.
@@ -535,25 +538,27 @@ def start(
     """
     if port is None and unix is None:
         raise InputError("nothing to listen on: give a TCP port or a Unix socket path")
+    if not isinstance(api, HttpApi):
+        api = HttpApi(api)
     limits = dict(max_connections=max_connections, idle_timeout=idle_timeout, request_deadline=request_deadline)
     servers: list = []
     try:
         if port is not None:
             try:
-                servers.append(_TCPServer((host, int(port)), service, **limits))
+                servers.append(_TCPServer((host, int(port)), api, **limits))
             except OSError as e:
                 raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
         if unix is not None:
             path = Path(unix)
             _claim_unix_path(path)
             try:
-                servers.append(_UnixServer(str(path), service, **limits))
+                servers.append(_UnixServer(str(path), api, **limits))
             except OSError as e:
                 raise InputError(f"cannot listen on unix socket {path}: {e.strerror or e}") from e
     except BaseException:
         for s in servers:
             s.server_close()
         raise
-    running = Servers(service, servers)
+    running = Servers(api, servers)
     logger.info("shelfrank serve: listening on %s", ", ".join(running.urls))
     return running

@@ -252,7 +252,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import threading
 
     from shelfrank.device import Recommender
-    from shelfrank.device.serve import Service, start
+    from shelfrank.device.endpoints import Service
+    from shelfrank.device.serve import start
 
     if args.no_tcp and not args.unix:
         raise ShelfrankError("--no-tcp needs --unix PATH (there would be nothing to listen on)")

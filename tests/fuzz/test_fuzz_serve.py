@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import tempfile
 from pathlib import Path
 
@@ -17,8 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shelfrank.device import Recommender, formats
-from shelfrank.device.serve import Service, start
+from shelfrank.device.endpoints import Service
+from shelfrank.device.routes import HttpApi
+from shelfrank.device.serve import start
 from shelfrank.errors import RequestBodyError
+from tests.serve._http import raw_exchange  # the one raw-socket read loop of the service tests
 
 pytestmark = pytest.mark.fuzz
 
@@ -142,7 +144,7 @@ def fuzz_service(bundle_and_key):
     bundle, pub = bundle_and_key
     with tempfile.TemporaryDirectory() as state:
         rec = Recommender.open(bundle, public_key=pub, state_dir=Path(state) / "state")
-        service = Service(rec)
+        service = HttpApi(Service(rec))
         errors: list[logging.LogRecord] = []
         handler = logging.Handler(logging.ERROR)
         handler.emit = errors.append  # type: ignore[method-assign]
@@ -214,29 +216,15 @@ _raw_request = st.one_of(
 )
 
 
-def _exchange(address, data: bytes) -> bytes:
-    with socket.create_connection(address, timeout=10) as s:
-        try:
-            s.sendall(data)
-            s.shutdown(socket.SHUT_WR)  # no more bytes: the server sees the end at once, never waits
-        except OSError:
-            pass  # it answered and closed already
-        chunks = []
-        try:
-            while block := s.recv(65536):
-                chunks.append(block)
-        except ConnectionResetError:
-            pass
-    return b"".join(chunks)
-
-
 @_settings(800)
 @given(data=_raw_request)
 def test_the_http_parser_answers_any_bytes_with_a_4xx_or_a_close_never_a_5xx(fuzz_server, data):
     address, service, errors = fuzz_server
-    out = _exchange(address, data).removeprefix(b"HTTP/1.1 100 Continue\r\n\r\n")  # an interim answer
+    out = raw_exchange(address, data, half_close=True).removeprefix(
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+    )  # an interim answer
     if out:
         assert out.startswith(b"HTTP/1.1 ") and out[9:10] in (b"2", b"4"), out[:200]
     assert not errors, errors[0].getMessage()  # no handler died (socketserver logs it) and no 500
-    with service._lock:
-        assert not [s for s in service._by_status if s >= 500], dict(service._by_status)
+    with service.service._lock:
+        assert not [s for s in service.service._by_status if s >= 500], dict(service.service._by_status)

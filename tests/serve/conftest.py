@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from shelfrank.device.serve import Service, start
+from shelfrank.device.endpoints import Service
+from shelfrank.device.serve import start
 from shelfrank.testing import publish_records
 
 
@@ -103,16 +104,6 @@ def tcp_client(served):
     c = Client(tcp=served[1].tcp_address)
     yield c
     c.close()
-
-
-def raw_exchange(address: tuple[str, int], data: bytes, *, timeout: float = 10.0) -> bytes:
-    """Send raw bytes, read until the server closes the connection (for framing errors)."""
-    with socket.create_connection(address, timeout=timeout) as s:
-        s.sendall(data)
-        chunks = []
-        while block := s.recv(65536):
-            chunks.append(block)
-    return b"".join(chunks)
 
 
 def cli_env() -> dict[str, str]:

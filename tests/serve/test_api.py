@@ -10,7 +10,8 @@ import pytest
 
 from shelfrank.device.serve import MAX_BODY, MAX_K, openapi_spec
 
-from .conftest import Client, raw_exchange
+from ._http import raw_exchange
+from .conftest import Client
 
 # ---- happy paths --------------------------------------------------------------------------------
 
@@ -350,7 +351,8 @@ def test_a_bug_is_a_500_with_a_logged_traceback_and_the_server_lives_on(client, 
 
 
 def test_shutdown_ends_idle_keep_alive_connections_and_removes_the_socket(rec, sock_dir):
-    from shelfrank.device.serve import Service, start
+    from shelfrank.device.endpoints import Service
+    from shelfrank.device.serve import start
 
     servers = start(Service(rec), port=0, unix=sock_dir / "x.sock")
     tcp, unix = Client(tcp=servers.tcp_address), Client(unix=servers.unix_path)
@@ -364,7 +366,8 @@ def test_shutdown_ends_idle_keep_alive_connections_and_removes_the_socket(rec, s
 
 
 def test_unix_socket_path_rules(rec, sock_dir):
-    from shelfrank.device.serve import Service, start
+    from shelfrank.device.endpoints import Service
+    from shelfrank.device.serve import start
     from shelfrank.errors import InputError
 
     (sock_dir / "file").write_text("not a socket")
@@ -389,7 +392,8 @@ def test_unix_socket_path_rules(rec, sock_dir):
 
 
 def test_port_in_use_is_a_clear_error(rec, served):
-    from shelfrank.device.serve import Service, start
+    from shelfrank.device.endpoints import Service
+    from shelfrank.device.serve import start
     from shelfrank.errors import InputError
 
     host, port = served[1].tcp_address

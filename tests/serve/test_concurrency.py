@@ -9,7 +9,8 @@ import time
 from collections import Counter
 
 from shelfrank.device import Recommender
-from shelfrank.device.serve import Service, start
+from shelfrank.device.endpoints import Service
+from shelfrank.device.serve import start
 
 from .conftest import Client, cli_env
 

@@ -13,26 +13,17 @@ import time
 import pytest
 
 from shelfrank.device.encoder import CHARS_PER_TOKEN
-from shelfrank.device.serve import SEARCH_BODY, Service, start
+from shelfrank.device.endpoints import Service
+from shelfrank.device.serve import SEARCH_BODY, start
 
-from .conftest import Client, raw_exchange
+from ._http import raw_exchange, read_until_close
+from .conftest import Client
 
 WORDS = "wireless noise cancelling headphones with a long battery life and a soft case".split()
 
 
 def _long_text(n_chars: int) -> str:
     return " ".join(WORDS[i % len(WORDS)] for i in range(n_chars // 4))[:n_chars]
-
-
-def _read_response(s: socket.socket, timeout: float = 10.0) -> bytes:
-    s.settimeout(timeout)
-    chunks = []
-    try:
-        while block := s.recv(65536):
-            chunks.append(block)
-    except ConnectionResetError:
-        pass
-    return b"".join(chunks)
 
 
 class _SpyTokenizer:
@@ -147,7 +138,7 @@ def test_a_client_dripping_one_byte_at_a_time_gets_408_at_the_deadline(strict_se
                     break
             except TimeoutError:
                 pass
-        got += _read_response(s)
+        got += read_until_close(s)
         elapsed = time.monotonic() - started
     head, _, body = got.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 "), got[:200]
@@ -163,7 +154,7 @@ def test_a_silent_connection_is_closed_after_the_idle_timeout(strict_server):
     _, servers = strict_server
     with socket.create_connection(servers.tcp_address, timeout=10) as s:
         started = time.monotonic()
-        assert _read_response(s) == b""  # closed, nothing to answer
+        assert read_until_close(s) == b""  # closed, nothing to answer
         assert 2.5 < time.monotonic() - started < 5
 
 
@@ -178,7 +169,7 @@ def test_a_request_sent_quickly_over_a_slow_link_is_answered(strict_server, rec)
         for i in range(0, len(request), 16):  # a few pieces, well inside the deadline
             s.sendall(request[i : i + 16])
             time.sleep(0.02)
-        out = _read_response(s)
+        out = read_until_close(s)
     assert out.startswith(b"HTTP/1.1 200 "), out[:200]
 
 
@@ -189,7 +180,7 @@ def test_connections_beyond_the_cap_get_503_and_the_cap_frees_up(strict_server):
         for c in held:  # answered, and kept alive: each holds a thread
             assert c.call("GET", "/v1/health")[0] == 200
         with socket.create_connection(servers.tcp_address, timeout=10) as s:
-            out = _read_response(s)
+            out = read_until_close(s)
         head, _, body = out.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 503 "), out[:200]
         assert b"Retry-After: 1" in head and b"Connection: close" in head
@@ -217,7 +208,7 @@ def test_many_slow_clients_cannot_exhaust_the_server(strict_server):
             s.sendall(b"POST /v1/recommend HTTP/1.1\r\n")  # and then nothing more
         statuses = []
         for s in socks:
-            out = _read_response(s)
+            out = read_until_close(s)
             statuses.append(out[9:12])
         assert statuses.count(b"503") >= 10 and set(statuses) <= {b"503", b"408"}, statuses
         assert threading.active_count() < 40

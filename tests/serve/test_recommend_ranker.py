@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from shelfrank.device.serve import Service, openapi_spec, start
+from shelfrank.device.endpoints import Service
+from shelfrank.device.serve import openapi_spec, start
 
 from .conftest import Client
 
