@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
 
-    from shelfrank.bench_pipeline import expand_catalog
+    from shelfrank.bench.expand import expand_catalog
     from shelfrank.device import Recommender
     from shelfrank.device.catalog_files import read_catalog_dir, write_catalog_dir
     from shelfrank.device.ranker import RankerParams

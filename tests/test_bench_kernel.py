@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shelfrank import bench_kernel
+from shelfrank.bench import kernel as bench_kernel
 from shelfrank.cli import build_parser
 
 

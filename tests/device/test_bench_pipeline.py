@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from shelfrank.bench_pipeline import expand_catalog
+from shelfrank.bench.expand import expand_catalog
 from shelfrank.cli import main
 from shelfrank.device import active_isa
 from shelfrank.device.catalog_files import CatalogData

@@ -229,7 +229,7 @@ def test_info_reports_the_choice(fp16_bundle, capsys):
 
 
 def test_profile_of_the_tiny_encoder_is_all_cpu(fp16_bundle, tmp_path):
-    from shelfrank.bench_pipeline import encoder_provider_profile
+    from shelfrank.bench.ort_profile import encoder_provider_profile
     from shelfrank.device.encoder import TextEncoder
 
     bundle, _, _ = fp16_bundle
@@ -252,7 +252,7 @@ def _event(cat, name, ts, dur, **args):
 
 
 def test_parse_profile_splits_providers_and_leaves_out_the_warm_up_run(tmp_path):
-    from shelfrank.bench_pipeline import parse_profile
+    from shelfrank.bench.ort_profile import parse_profile
 
     events = [_event("Session", "session_initialization", 0, 50)]
     for run, t0 in enumerate((100, 1000, 2000)):
@@ -297,7 +297,8 @@ def test_parse_profile_splits_providers_and_leaves_out_the_warm_up_run(tmp_path)
 
 
 def test_bench_on_a_jetson_config_reports_the_cpu_fallback(fp16_bundle, tmp_path, caplog):
-    from shelfrank.bench_pipeline import render, run_bench
+    from shelfrank.bench.pipeline import run_bench
+    from shelfrank.bench.pipeline_record import render
 
     bundle, pub, _ = fp16_bundle
     with caplog.at_level(logging.WARNING, logger="shelfrank"):

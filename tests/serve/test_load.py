@@ -1,7 +1,7 @@
 """wrk against ``shelfrank serve`` (its own process): recommend at 1, 8 and 32 keep-alive connections.
 
 Bounded: ``SHELFRANK_WRK_SECONDS`` per level (default 3). Every request must be answered 2xx with
-no socket error; the throughput and latency are printed (``python -m shelfrank.bench_serve``
+no socket error; the throughput and latency are printed (``python -m shelfrank.bench.serve``
 writes the same figures as a report, see docs/serve.md).
 """
 
@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from shelfrank.bench_serve import LEVELS, ServeProcess, get_json, run_wrk, seed_users
+from shelfrank.bench.serve import LEVELS, ServeProcess, get_json, run_wrk, seed_users
 
 SECONDS = float(os.environ.get("SHELFRANK_WRK_SECONDS", "3"))
 

@@ -1,6 +1,7 @@
 """Figures for ``shelfrank serve``: wrk load on ``POST /v1/recommend`` and the service's footprint.
 
-``python -m shelfrank.bench_serve [--bundle DIR --public-key PUB] [--seconds 5] [--md OUT] [--json OUT]``
+``python -m shelfrank.bench.serve [--bundle DIR --public-key PUB] [--seconds 5] [--format md|json|csv]
+[--md OUT] [--json OUT] [--csv OUT]``
 
 - Load: ``shelfrank serve`` runs as its own process on 127.0.0.1:0; 64 shoppers get 4 events
   each; then wrk (Debian package ``wrk``) posts recommend requests (k = 10, shoppers rotating)
@@ -27,9 +28,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from shelfrank.bench.record import PRINTERS, Record, Table, col, emit
 from shelfrank.errors import ShelfrankError
 
 LEVELS = (1, 8, 32)
@@ -247,13 +250,18 @@ def footprint(bundle: Path, public_key: Path | None, work: Path, repeats: int = 
     return res
 
 
-def load(bundle: Path, public_key: Path | None, work: Path, *, seconds: float, levels=LEVELS) -> dict[str, Any]:
+def load(
+    bundle: Path, public_key: Path | None, work: Path, *, seconds: float, levels=LEVELS, progress=None
+) -> dict[str, Any]:
+    """wrk at each of ``levels`` connections against one ``shelfrank serve``, warm from the seeding."""
     with ServeProcess(bundle, public_key, work / "state-load") as srv:
         seed_users(srv.host, srv.port)
         before = get_json(srv.host, srv.port, "/v1/status")["requests"]["by_status"]
-        runs = [
-            run_wrk(f"http://{srv.host}:{srv.port}", connections=c, seconds=seconds) for c in levels
-        ]  # one level after the other, the server warm from the seeding
+        runs = []
+        for c in levels:  # one level after the other, the server warm from the seeding
+            if progress is not None:
+                progress(f"wrk: {c} connection(s), {seconds:g} s")
+            runs.append(run_wrk(f"http://{srv.host}:{srv.port}", connections=c, seconds=seconds))
         after = get_json(srv.host, srv.port, "/v1/status")
         rss = _proc_memory(srv.pid)
     new = {s: n - before.get(s, 0) for s, n in after["requests"]["by_status"].items() if n - before.get(s, 0)}
@@ -282,46 +290,121 @@ def system_line() -> str:
     )
 
 
+@dataclass(kw_only=True)
+class WrkRow:
+    connections: int = col("connections")
+    threads: int = col("wrk threads")
+    requests: int = col("requests", ",")
+    rps: float = col("req/s", ",.0f")
+    p50_ms: float = col("p50 ms", ".2f")
+    p90_ms: float = col("p90 ms", ".2f")
+    p99_ms: float = col("p99 ms", ".2f")
+    max_ms: float = col("max ms", ".1f")
+    socket_errors: int = col("socket errors")
+    non_2xx: int = col("non-2xx")
+
+
+@dataclass(kw_only=True)
+class FootprintRow:
+    what: str = col("", align="l")
+    import_best_ms: float = col("import ms, best", ".0f")
+    import_median_ms: float = col("import ms, median", ".0f")
+    rss_mib: float | None = col("RSS MiB after the calls", ".1f", default=None)
+    peak_rss_mib: float | None = col("peak RSS MiB", ".1f", default=None)
+
+
+@dataclass(kw_only=True)
+class ServeRecord(Record):
+    """What ``python -m shelfrank.bench.serve`` measured (the JSON report, field by field)."""
+
+    bundle: str
+    items: int
+    dim: int
+    system: str
+    seconds: float
+    load: dict[str, Any]
+    isa: str
+    footprint: dict[str, Any] | None = None
+    title: ClassVar[str] = "shelfrank bench serve"
+
+    def document(self) -> dict[str, Any]:
+        doc = super().document()
+        return {k: v for k, v in doc.items() if v is not None or k != "footprint"}
+
+    def system_facts(self) -> dict[str, Any]:
+        return {"machine": self.system, "isa": self.isa}
+
+    def facts(self) -> list[tuple[str, str]]:
+        out = [
+            ("bundle", f"{self.bundle} ({self.items} items, d = {self.dim}); kernel ISA {self.isa}"),
+            ("machine", self.system),
+            ("load", f"wrk POST /v1/recommend, {self.seconds:g} s per level, keep-alive connections"),
+            ("server answers during the load runs (/v1/status)", str(self.load["server_answers"])),
+        ]
+        fp = self.footprint
+        if fp:
+            lib, srv = fp["library"], fp["serve"]
+            out.append(
+                (
+                    "service",
+                    f"`shelfrank.cli` plus the service import in {_ms(fp['import_cli_serve_ms'])} ms (best / median); "
+                    f"{srv['idle']['VmRSS']:.1f} MiB before its first request. The library opened the bundle in "
+                    f"{lib['open_ms']:.0f} ms.",
+                )
+            )
+        return out
+
+    def tables(self) -> list[Table]:
+        runs = [
+            WrkRow(
+                connections=r["connections"],
+                threads=r["threads"],
+                requests=r["requests"],
+                rps=r["rps"],
+                p50_ms=r["p50_us"] / 1e3,
+                p90_ms=r["p90_us"] / 1e3,
+                p99_ms=r["p99_us"] / 1e3,
+                max_ms=r["max_us"] / 1e3,
+                socket_errors=r["socket_errors"],
+                non_2xx=r["non_2xx"],
+            )
+            for r in self.load["runs"]
+        ]
+        foot = []
+        if self.footprint:
+            fp = self.footprint
+            lib, srv = fp["library"], fp["serve"]
+            for what, key, mem in (
+                ("library: `import shelfrank.device`, open, calls in-process", "import_device_ms", lib),
+                ("service: `import shelfrank.device.serve`, the same calls over HTTP", "import_serve_ms", srv),
+            ):
+                foot.append(
+                    FootprintRow(
+                        what=what,
+                        import_best_ms=fp[key]["best"],
+                        import_median_ms=fp[key]["median"],
+                        rss_mib=mem.get("VmRSS"),
+                        peak_rss_mib=mem.get("VmHWM"),
+                    )
+                )
+        return [
+            Table("load", "wrk load on POST /v1/recommend", runs, row_type=WrkRow),
+            Table(
+                "footprint",
+                "Import time and resident memory: the library against the service",
+                foot,
+                "Import: fresh processes, interleaved, best and median of 7.",
+                FootprintRow,
+            ),
+        ]
+
+
 def _ms(t: dict[str, float]) -> str:
     return f"{t['best']:.0f} / {t['median']:.0f}"
 
 
-def render(report: dict[str, Any]) -> str:
-    lines = [
-        f"Bundle: {report['bundle']} ({report['items']} items, d = {report['dim']}); kernel ISA {report['isa']}.",
-        f"Machine: {report['system']}.",
-        "",
-        "| connections | wrk threads | requests | req/s | p50 ms | p99 ms | max ms | socket errors | non-2xx |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in report["load"]["runs"]:
-        lines.append(
-            f"| {r['connections']} | {r['threads']} | {r['requests']:,} | {r['rps']:,.0f} | "
-            f"{r['p50_us'] / 1e3:.2f} | {r['p99_us'] / 1e3:.2f} | {r['max_us'] / 1e3:.1f} | "
-            f"{r['socket_errors']} | {r['non_2xx']} |"
-        )
-    fp = report.get("footprint")
-    if fp:
-        lib, srv = fp["library"], fp["serve"]
-        lines += [
-            "",
-            "| | import ms, best / median of 7 | RSS MiB after the calls | peak RSS MiB |",
-            "| :--- | ---: | ---: | ---: |",
-            f"| library: `import shelfrank.device`, open, calls in-process | {_ms(fp['import_device_ms'])} | "
-            f"{lib['VmRSS']:.1f} | {lib['VmHWM']:.1f} |",
-            f"| service: `import shelfrank.device.serve`, the same calls over HTTP | {_ms(fp['import_serve_ms'])} | "
-            f"{srv['VmRSS']:.1f} | {srv['VmHWM']:.1f} |",
-            "",
-            f"`shelfrank.cli` plus the service import in {_ms(fp['import_cli_serve_ms'])} ms; the service holds "
-            f"{srv['idle']['VmRSS']:.1f} MiB before its first request. The library opened the bundle in "
-            f"{lib['open_ms']:.0f} ms.",
-        ]
-    lines.append(f"\nServer answers during the load runs (from /v1/status): {report['load']['server_answers']}.")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m shelfrank.bench_serve", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m shelfrank.bench.serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", type=Path, help="bundle to serve (default: build the tiny test bundle)")
     p.add_argument("--public-key", type=Path, help="its publisher key")
     p.add_argument("--items", type=int, default=300, help="tiny bundle: items (default 300)")
@@ -330,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-footprint", action="store_true", help="only the load runs")
     p.add_argument("--json", type=Path, metavar="OUT")
     p.add_argument("--md", type=Path, metavar="OUT")
+    p.add_argument("--csv", type=Path, metavar="OUT")
+    p.add_argument("--format", choices=tuple(PRINTERS), default="md", help="what to print on stdout (default md)")
     args = p.parse_args(argv)
     wrk_binary()
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
@@ -349,17 +434,17 @@ def main(argv: list[str] | None = None) -> int:
             "system": system_line(),
             "seconds": args.seconds,
         }
-        report["load"] = load(bundle, pub, work, seconds=args.seconds)
+        report["load"] = load(bundle, pub, work, seconds=args.seconds, progress=_progress)
         report["isa"] = report["load"]["isa"]
         if not args.no_footprint:
+            _progress("footprint: import times and resident memory in fresh processes")
             report["footprint"] = footprint(bundle, pub, work)
-    md = render(report)
-    print(md)
-    if args.md:
-        args.md.write_text(md + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    emit(ServeRecord(**report), args, _progress)
     return 0
+
+
+def _progress(msg: str) -> None:
+    print(f"[bench serve] {msg}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
