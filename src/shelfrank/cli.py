@@ -15,7 +15,7 @@ from shelfrank.errors import InputError, ShelfrankError
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from shelfrank.sysinfo import system_info
+    from shelfrank.bench.sysinfo import system_info
 
     info = system_info()
     if args.bundle:
@@ -56,7 +56,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.real_embeddings and not Path(args.real_embeddings).is_file():
         raise InputError(f"--real-embeddings {args.real_embeddings}: no such file (a float32 (N, d) .npy)")
     if args.target == "kernel":
-        from shelfrank.bench_kernel import main as bench_kernel_main
+        from shelfrank.bench.kernel import main as bench_kernel_main
 
         return bench_kernel_main(args)
     from shelfrank.device import bundle as bfmt
@@ -70,7 +70,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     bfmt.verify_bundle(target, public_key=args.public_key)
     if args.baselines and not Path(args.baselines).is_dir():
         raise InputError(f"--baselines {args.baselines}: no such directory (the export's BUNDLE.baselines)")
-    from shelfrank.bench_pipeline import main as bench_pipeline_main
+    from shelfrank.bench.pipeline import main as bench_pipeline_main
 
     return bench_pipeline_main(args)
 
@@ -428,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--md", metavar="OUT", help="write the report as Markdown to OUT")
     bench.add_argument("--quick", action="store_true", help="smaller sweep for a fast look")
     bench.add_argument("--baselines", metavar="DIR", help="the export's BUNDLE.baselines folder (naive pipeline)")
+    bench.add_argument("--csv", metavar="OUT", help="write the rows as CSV to OUT (system facts on each line)")
+    bench.add_argument(
+        "--format", choices=("md", "json", "csv"), default="md", help="what to print on stdout (default md)"
+    )
     bench.add_argument("--public-key", help="trusted publisher key for the bundle (default: unpinned)")
     bench.add_argument("--board", help="board config the report compares this machine against")
     bench.add_argument("--plot", metavar="OUT.png", help="latency against catalog size per stage (matplotlib)")
