@@ -1,6 +1,8 @@
 // POPCNT scan for the AVX2 tables (x86-64; every AVX2 CPU has POPCNT, and dispatch checks the bit):
 // out[i] = popcount(q XOR code_i) over `nbytes` bytes. Instructions: 64-bit xor + popcnt, one
-// row at a time so loads walk memory in order (the prefetcher's best case, as in the dot kernels).
+// row at a time so loads walk memory in order; at d = 384 (48-byte rows, fully unrolled) a software
+// prefetch runs 2 KiB ahead (measured: the hardware prefetcher alone left the scan near 50-60% of
+// the read roofline).
 // Accumulators: two uint64 per row (even and odd words) to break the add chain; tail: the last
 // nbytes % 8 bytes are copied into a zeroed word (no read past the row). The same scan serves
 // AVX-VNNI and an AVX-512 CPU without VPOPCNTDQ.
@@ -26,6 +28,8 @@ inline uint64_t load_u64(const uint8_t* p) {
     return v;
 }
 
+constexpr size_t kPrefetch = 2048;  // bytes ahead of the row being counted (the streams outrun the prefetcher)
+
 void hamming_popcnt(const uint8_t* q, const uint8_t* codes, size_t n, size_t nbytes, uint32_t* out) {
     const size_t words = nbytes / 8, rem = nbytes % 8;
     uint64_t qt = 0;
@@ -33,8 +37,12 @@ void hamming_popcnt(const uint8_t* q, const uint8_t* codes, size_t n, size_t nby
     if (words == 6 && rem == 0) {  // d = 384 (48 bytes): fully unrolled, the query in registers
         const uint64_t q0 = load_u64(q), q1 = load_u64(q + 8), q2 = load_u64(q + 16), q3 = load_u64(q + 24),
                        q4 = load_u64(q + 32), q5 = load_u64(q + 40);
+        const uint8_t* end = codes + n * 48;
         for (size_t i = 0; i < n; ++i) {
             const uint8_t* c = codes + i * 48;
+            if ((i & 3) == 0)  // 4 rows = 3 lines: prefetch the 3 lines kPrefetch bytes ahead
+                for (const uint8_t* pf = c + kPrefetch; pf < c + kPrefetch + 192 && pf < end; pf += 64)
+                    _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T0);
             const uint64_t a = uint64_t(_mm_popcnt_u64(load_u64(c) ^ q0)) +
                                uint64_t(_mm_popcnt_u64(load_u64(c + 8) ^ q1)) +
                                uint64_t(_mm_popcnt_u64(load_u64(c + 16) ^ q2));

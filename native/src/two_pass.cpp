@@ -64,11 +64,18 @@ public:
     // Rows arrive in increasing order, so once the list was cut to the r best, a later row at
     // the r-th distance loses the tie: only strictly closer rows are kept.
     void offer(const uint32_t* dist, size_t n, int64_t base, const uint8_t* mask) {
-        const int64_t thr = thr_;
-        for (size_t i = 0; i < n; ++i) {
-            if (int64_t(dist[i]) > thr || (mask && !mask[i])) continue;
-            c_.push_back(Cand{dist[i], base + int64_t(i)});
+        if (thr_ < 0) return;
+        // Distances are <= 8 * code bytes, far below 2^31: compared as int32, so the group test
+        // below vectorises with the baseline's signed compares (SSE2 pcmpgtd, NEON cmgt).
+        const int32_t thr = int32_t(thr_);
+        const int32_t* di = reinterpret_cast<const int32_t*>(dist);
+        size_t i = 0;
+        for (; i + kGroup <= n; i += kGroup) {  // most groups hold no row within the threshold
+            int any = 0;
+            for (size_t j = 0; j < kGroup; ++j) any |= int(di[i + j] <= thr);
+            if (any) take(dist, i, i + kGroup, base, mask, thr);
         }
+        take(dist, i, n, base, mask, thr);
         if (c_.size() >= limit()) cut();
     }
 
@@ -79,6 +86,14 @@ public:
     }
 
 private:
+    static constexpr size_t kGroup = 32;
+
+    void take(const uint32_t* dist, size_t b, size_t e, int64_t base, const uint8_t* mask, int32_t thr) {
+        for (size_t i = b; i < e; ++i) {
+            if (int32_t(dist[i]) > thr || (mask && !mask[i])) continue;
+            c_.push_back(Cand{dist[i], base + int64_t(i)});
+        }
+    }
     size_t limit() const { return 2 * r_ + 64; }
     void cut() {
         const int64_t t = keep_best(c_, r_, hist_);

@@ -112,7 +112,7 @@ def test_binary_codes_threads_do_not_change_bits():
     np.testing.assert_array_equal(kn.binary_codes(x, mean=mean, threads=4), kn.binary_codes(x, mean=mean))
 
 
-@pytest.mark.parametrize("d", DIMS)
+@pytest.mark.parametrize("d", [*DIMS, 768, 1031])  # rows of more than one 64-byte chunk, and a ragged one
 @pytest.mark.parametrize("n,r", [(1, 1), (5, 10), (203, 7), (1031, 100), (5000, 64)])
 def test_hamming_topk_matches_reference(isa, d, n, r):
     rng = np.random.default_rng(d * 7 + n)
