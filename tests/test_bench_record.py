@@ -65,9 +65,9 @@ def _check_printers(rec: Record) -> None:
     for t in tables:
         names = [c.name for c in t.columns()]
         assert set(names) <= set(header), t.key
-        mine = [dict(zip(header, line)) for line in body if line[0] == t.key]
+        mine = [dict(zip(header, line, strict=True)) for line in body if line[0] == t.key]
         assert len(mine) == len(t.rows), t.key
-        for got, row in zip(mine, t.rows):
+        for got, row in zip(mine, t.rows, strict=True):
             for name in names:
                 want = getattr(row, name)
                 if want is None:
@@ -86,7 +86,7 @@ def _check_printers(rec: Record) -> None:
     for name in doc:
         value = getattr(rec, name)
         if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
-            for obj, row in zip(doc[name], value):
+            for obj, row in zip(doc[name], value, strict=True):
                 assert set(obj) == {c.name for c in get_fields(type(row))}, name
 
 

@@ -102,7 +102,7 @@ def _recall(got: np.ndarray, want: np.ndarray) -> float:
     """Mean |got ∩ want| / k over the rows of two (B, k) id arrays."""
     got = np.atleast_2d(got)
     want = np.atleast_2d(want)
-    hits = sum(len(set(g.tolist()) & set(w.tolist())) for g, w in zip(got, want))
+    hits = sum(len(set(g.tolist()) & set(w.tolist())) for g, w in zip(got, want, strict=True))
     return hits / want.size
 
 
@@ -142,7 +142,7 @@ def recall_stats(
 
 def _drop_self(ids: np.ndarray, self_ids: np.ndarray, keep: int) -> np.ndarray:
     out = np.empty((len(ids), keep), dtype=np.int64)
-    for i, (row, s) in enumerate(zip(ids, self_ids)):
+    for i, (row, s) in enumerate(zip(ids, self_ids, strict=True)):
         row = row[row != s]
         out[i] = row[:keep]
     return out
@@ -169,7 +169,7 @@ def int8_recall(
     for pool in pools:
         cand = topk(queries, rows8, pool + extra, scales=scales, threads=threads)[0]
         cand = cand[:, :pool] if self_ids is None else _drop_self(cand, self_ids, pool)
-        top = np.stack([_rescore(rows, q, c, K) for q, c in zip(queries, cand)])
+        top = np.stack([_rescore(rows, q, c, K) for q, c in zip(queries, cand, strict=True)])
         res["rescore"][str(pool)] = recall_stats(top, want, rows, queries, kth)
     return res
 

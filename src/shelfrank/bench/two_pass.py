@@ -31,7 +31,10 @@ from shelfrank.device.kernel import quantize_rows, topk
 
 Progress = Callable[[str], None]
 
-NOISE = 0.02  # per coordinate: the noise vector's norm is about 0.02·√384 ≈ 0.39 (cos to its item ≈ 0.93)
+# per coordinate, as ``bench BUNDLE``'s catalog expansion (bench/expand.py): the noise vector's norm is
+# about 0.05·√384 ≈ 0.98, a copy's cosine to its item about 0.71. At σ = 0.02 (cosine 0.93) the ~60
+# near-duplicate copies of an item fill every top-10 at 1M and recall is 1.000 at any R ≥ 200: too easy.
+NOISE = 0.05
 R_SWEEP = (100, 200, 500, 1000, 2000, 5000)
 SCORE_QUERIES = 300
 QUICK_SCORE_QUERIES = 100
@@ -86,7 +89,7 @@ def planner_r(board: str | None) -> tuple[int, str]:
 
 
 def _recall(got: np.ndarray, want: np.ndarray) -> float:
-    hits = sum(len(set(g[g >= 0].tolist()) & set(w[w >= 0].tolist())) for g, w in zip(got, want))
+    hits = sum(len(set(g[g >= 0].tolist()) & set(w[w >= 0].tolist())) for g, w in zip(got, want, strict=True))
     return hits / want.size
 
 
