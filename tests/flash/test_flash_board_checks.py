@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from shelfrank.cli import main
-from shelfrank.flash import BOARD_FILE, flash
+from shelfrank.deploy.flash import flash
+from shelfrank.deploy.target import TargetLayout
 from shelfrank.testing import build_device_bundle
 
 QUIET = {"log": lambda _m: None}
@@ -50,27 +51,27 @@ def test_a_board_file_is_carried_to_the_target(signed, tmp_path, monkeypatch, ca
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "health check on the target" in out
-    assert (prefix / BOARD_FILE).read_text() == (tmp_path / "tiny.toml").read_text()
+    assert (prefix / TargetLayout.BOARD_FILE).read_text() == (tmp_path / "tiny.toml").read_text()
     assert json.loads((prefix / "state" / "flash.log").read_text().splitlines()[-1])["board"] == "tiny"
     assert not list(prefix.glob("*.board.toml"))
     # the carried file is what the target's commands take as --board
     state = prefix / "state"
     argv = ["health", str(prefix / "current"), "--public-key", str(state / "trusted.pub"), "--state", str(state)]
-    rc = main([*argv, "--board", str(prefix / BOARD_FILE)])
+    rc = main([*argv, "--board", str(prefix / TargetLayout.BOARD_FILE)])
     assert rc == 0, capsys.readouterr().err
     # a packaged board afterwards: the target uses its own copy, the carried file goes
     flash(signed[0], str(prefix), board="x86-64-dev", **QUIET)
-    assert not (prefix / BOARD_FILE).exists() and os.readlink(prefix / "current") == "slot_b"
+    assert not (prefix / TargetLayout.BOARD_FILE).exists() and os.readlink(prefix / "current") == "slot_b"
 
 
 def test_a_board_file_goes_into_the_serve_unit(tmp_path):
-    from shelfrank import service as svc
+    from shelfrank.deploy import systemd as svc
     from shelfrank.device.boards import load_board
 
     cfg = load_board(board_file(tmp_path / "tiny.toml", name="tiny", service_user="daemon"))
     command = ["/usr/bin/python3", "-m", "shelfrank.cli"]
-    units = svc.render_units(cfg, "/opt/s", command=command, board=f"/opt/s/{BOARD_FILE}")
-    assert f"serve /opt/s/current --board /opt/s/{BOARD_FILE} " in units[svc.SERVICE]
+    units = svc.render_units(cfg, "/opt/s", command=command, board=f"/opt/s/{TargetLayout.BOARD_FILE}")
+    assert f"serve /opt/s/current --board /opt/s/{TargetLayout.BOARD_FILE} " in units[svc.SERVICE]
     assert " --board tiny " in svc.render_units(cfg, "/opt/s", command=command)[svc.SERVICE]
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from shelfrank.deploy.flash import FlashError, flash, rollback_local, status_local
 from shelfrank.device import bundle as bfmt
-from shelfrank.flash import FlashError, flash, rollback_local, status_local
 from shelfrank.testing import build_device_bundle, sign_manifest_as_is
 
 
@@ -172,7 +172,7 @@ def test_self_signed_bundle_naming_files_outside_the_slot_writes_nothing(signed,
 
 @pytest.mark.parametrize("name", ["../x", "../../x", "/tmp/x", "a/../../x", "-x", "a\nb"])
 def test_dir_target_refuses_unsafe_names(signed, tmp_path, name):
-    from shelfrank.flash import DirTarget
+    from shelfrank.deploy.target import DirTarget
 
     bundle, _, _ = signed
     t = DirTarget(str(tmp_path / "board"))
@@ -182,7 +182,7 @@ def test_dir_target_refuses_unsafe_names(signed, tmp_path, name):
 
 
 def test_dir_target_never_writes_through_a_symlinked_folder(signed, tmp_path):
-    from shelfrank.flash import DirTarget
+    from shelfrank.deploy.target import DirTarget
 
     bundle, _, _ = signed
     outside = tmp_path / "outside"

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
+from shelfrank.deploy.flash import FlashError, flash, remote_call
 from shelfrank.device import bundle as bfmt
-from shelfrank.flash import FlashError, flash, remote_call
 from shelfrank.testing import build_device_bundle, sign_manifest_as_is
 
 
@@ -138,7 +138,7 @@ INJECTED = ["--checkpoint=1", "--checkpoint-action=exec=touch pwned"]
 def test_ssh_send_passes_names_as_names(signed, ssh_env, tmp_path, monkeypatch):
     """Names that look like tar options are refused, and tar gets ``--`` before the names anyway:
     on eb93b13 ``--checkpoint-action=exec=…`` ran a command on the flashing machine."""
-    from shelfrank.flash import SshTarget
+    from shelfrank.deploy.target import SshTarget
 
     bundle, _, _ = signed
     local = tmp_path / "local"

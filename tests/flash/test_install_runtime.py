@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from shelfrank import runtime
-from shelfrank.flash import FlashError, flash, remote_call
+from shelfrank.deploy import runtime
+from shelfrank.deploy.flash import FlashError, flash, remote_call
 from shelfrank.testing import build_device_bundle
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from shelfrank import service as svc
 from shelfrank.cli import build_parser
+from shelfrank.deploy import systemd as svc
+from shelfrank.deploy.flash import FlashError, flash
+from shelfrank.deploy.target import TargetLayout
 from shelfrank.device.boards import BoardConfigError, load_board, packaged_boards
 from shelfrank.errors import InputError
-from shelfrank.flash import FlashError, flash
 from shelfrank.testing import build_device_bundle
 
 ANALYZE = shutil.which("systemd-analyze")
@@ -73,7 +74,7 @@ def _render_to(
 ) -> tuple[Path, dict[str, str]]:
     cfg = load_board(board)
     if runtime:  # the console script flash --install-runtime leaves in PREFIX/runtime/venv
-        exe = Path(prefix) / svc.RUNTIME_SHELFRANK
+        exe = Path(prefix) / TargetLayout.RUNTIME_SHELFRANK
         exe.parent.mkdir(parents=True, exist_ok=True)
         exe.write_text(f"#!{sys.executable}\nfrom shelfrank.cli import main\nraise SystemExit(main())\n")
         exe.chmod(0o755)
@@ -110,7 +111,7 @@ def test_units_verify_for_every_board(board, runtime, tmp_path):
     verify(out)
 
     serve, sync, timer = units.values()
-    start = [f"{prefix}/{svc.RUNTIME_SHELFRANK}"] if runtime else [sys.executable, "-m", "shelfrank.cli"]
+    start = [f"{prefix}/{TargetLayout.RUNTIME_SHELFRANK}"] if runtime else [sys.executable, "-m", "shelfrank.cli"]
     assert _exec_argv(serve) == [
         *start,
         "serve",
@@ -198,7 +199,7 @@ def test_verify_catches_a_unit_systemd_would_reject(tmp_path):
     with pytest.raises(AssertionError, match="Unknown key 'Colour'"):
         verify(out)
     (out / svc.SERVICE).write_text(units[svc.SERVICE])
-    (tmp_path / "p" / svc.RUNTIME_SHELFRANK).unlink()
+    (tmp_path / "p" / TargetLayout.RUNTIME_SHELFRANK).unlink()
     with pytest.raises(AssertionError, match="is not executable"):
         verify(out)
 
@@ -208,7 +209,11 @@ def test_paths_with_spaces_and_percent_reach_systemd_intact(tmp_path):
     prefix = str(tmp_path / "kiosk 7" / "50%off $HOME")
     out, units = _render_to(tmp_path, "rpi4", prefix, runtime=True, sync_url="/media/usb stick/catalog")
     verify(out)
-    assert _exec_argv(units[svc.SERVICE])[:3] == [f"{prefix}/{svc.RUNTIME_SHELFRANK}", "serve", f"{prefix}/current"]
+    assert _exec_argv(units[svc.SERVICE])[:3] == [
+        f"{prefix}/{TargetLayout.RUNTIME_SHELFRANK}",
+        "serve",
+        f"{prefix}/current",
+    ]
     assert _exec_argv(units[svc.SYNC_SERVICE])[2:4] == [f"{prefix}/current", "/media/usb stick/catalog"]
     assert _setting(units[svc.SERVICE], "ReadWritePaths") == [f'"{prefix.replace("%", "%%")}/state"']
     assert _setting(units[svc.SERVICE], "PrivateTmp") == ["no"]  # a private /tmp would hide this prefix
@@ -237,9 +242,7 @@ def test_a_shared_or_privileged_service_user_is_refused(user, tmp_path):
 
 
 def test_runtime_path_is_where_install_runtime_puts_it():
-    from shelfrank import runtime
-
-    assert svc.RUNTIME_SHELFRANK == f"{runtime.VENV_LINK}/bin/shelfrank"
+    assert TargetLayout.RUNTIME_SHELFRANK == f"{TargetLayout.VENV_LINK}/bin/shelfrank"
 
 
 def test_service_options_without_service_are_refused(signed, tmp_path):

@@ -23,10 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shelfrank.deploy.target import DirTarget, FlashError, SshTarget
 from shelfrank.device import formats
 from shelfrank.device.boards import BoardConfigError, parse_board
 from shelfrank.errors import BundleError, ShelfrankError
-from shelfrank.flash import DirTarget, FlashError, SshTarget
 
 pytestmark = pytest.mark.fuzz
 
@@ -262,7 +262,7 @@ def test_ssh_target_tar_gets_names_after_dashdash(names):
         raise Stop
 
     t = SshTarget("ssh://u@127.0.0.1:1/srv/b")
-    with mock.patch("shelfrank.flash.subprocess.Popen", popen):
+    with mock.patch("shelfrank.deploy.target.subprocess.Popen", popen):
         try:
             t.send(Path("/nonexistent"), names, "/srv/b/slot_a.partial")
         except (FlashError, Stop):

@@ -11,9 +11,9 @@ them once the bundle is flashed, health-checked and current (a failed flash inst
   OnCalendar expression) plus up to ``sync_random_delay_s``. Only when a sync URL is configured (the
   board config's ``sync_url`` or ``flash --sync-url``): the catalog is per shop, the configs per board.
 
-How ``shelfrank`` starts on the target is :func:`runtime_command`: the runtime that ``flash
---install-runtime`` puts in ``PREFIX/runtime/venv`` when it is there, else the python the health check
-used with ``-m shelfrank.cli``.
+The paths are :class:`~shelfrank.deploy.target.TargetLayout`'s. How ``shelfrank`` starts on the
+target is :func:`runtime_command`: the runtime that ``flash --install-runtime`` puts in
+``PREFIX/runtime/venv`` when it is there, else the python the health check used with ``-m shelfrank.cli``.
 
 On the target (one ``sh`` script, over a directory or ssh target alike): the units are staged in
 ``PREFIX/systemd/`` (kept: they show what is installed); as root, the service user is created when
@@ -26,15 +26,14 @@ directory systemd does not read: the output says so and lists the commands left 
 from __future__ import annotations
 
 import logging
-import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
+from shelfrank.deploy.target import Target, TargetLayout, sh_join, sh_quote
 from shelfrank.device.boards import BoardConfig, BoardConfigError
 from shelfrank.errors import InputError, ShelfrankError
 
@@ -56,9 +55,6 @@ SYSTEMD_UNIT_DIRS = (
 SYSTEMD_RUNNING_MARKER = "/run/systemd/system"
 RUNTIME_DIRECTORY = "shelfrank"  # RuntimeDirectory=: /run/shelfrank, made and owned for the service user
 SOCKET_PATH = f"/run/{RUNTIME_DIRECTORY}/serve.sock"
-STAGING = "systemd"  # PREFIX/systemd: the units as rendered for this install
-# Where `flash --install-runtime` installs the runtime's console script, relative to PREFIX.
-RUNTIME_SHELFRANK = "runtime/venv/bin/shelfrank"
 START_WAIT_S = 3  # after (re)starting, how long the service must stay up to count as started
 EXAMPLE_SCHEDULES = "'hourly', 'daily', '*-*-* 03:30:00', 'Mon..Fri *-*-* 06..22:00:00'"
 
@@ -134,7 +130,7 @@ def runtime_command(prefix: str, python: str, *, runtime_installed: bool) -> lis
         InputError: ``python`` is not an absolute path.
     """
     if runtime_installed:
-        return [f"{prefix.rstrip('/')}/{RUNTIME_SHELFRANK}"]
+        return [TargetLayout(prefix.rstrip("/")).at(TargetLayout.RUNTIME_SHELFRANK)]
     if not python.startswith("/"):
         raise InputError(f"the service needs the target's python as an absolute path, got {python!r}")
     return [python, "-m", "shelfrank.cli"]
@@ -204,7 +200,7 @@ def _hardening(cfg: BoardConfig, prefix: str, paths: Sequence[str], *, network: 
     /dev (the CUDA/TensorRT providers open /dev/nvhost-*, /dev/nvmap): no PrivateDevices or ProtectClock
     (both close the device policy), and the service user joins ``video``.
     """
-    state = f"{prefix}/state"
+    state = TargetLayout(prefix).at(TargetLayout.STATE)
     rw = [_word(state)]
     for opts in cfg.provider_options.values():
         cache = opts.get("trt_engine_cache_path")
@@ -268,14 +264,15 @@ def render_units(
         _check_text(a, "command")
     user = _check_text(cfg.service_user, f"{cfg.source}: key 'service_user'")
     sync_url = _check_text(sync_url, "sync URL")
-    current, state = f"{prefix}/current", f"{prefix}/state"
+    layout = TargetLayout(prefix)
+    current, state, trusted = (layout.at(x) for x in (layout.CURRENT, layout.STATE, layout.TRUSTED_KEY))
     paths = [prefix, command[0]] + ([sync_url] if sync_url.startswith("/") else [])
     head = f"# Written by `shelfrank flash --service` for board {cfg.name}; flash again to change it.\n"
 
     # the pinned key, explicitly: a missing trusted.pub fails instead of serving unpinned
     board = _check_text(board or cfg.name, "board")
     serve = [*command, "serve", current, "--board", board, "--state", state]
-    serve += ["--public-key", f"{state}/trusted.pub"]
+    serve += ["--public-key", trusted]
     serve += ["--host", "127.0.0.1", "--port", str(cfg.serve_port), "--unix", SOCKET_PATH]
     listen = f"127.0.0.1:{cfg.serve_port} and {SOCKET_PATH}"
     units = {
@@ -316,7 +313,7 @@ def render_units(
         return units
     remote = sync_url.startswith(("http://", "https://"))
     sync = [*command, "sync", current, sync_url, "--board", board, "--state", state]
-    sync += ["--public-key", f"{state}/trusted.pub"]
+    sync += ["--public-key", trusted]
     units[SYNC_SERVICE] = "\n".join(
         [
             head.rstrip("\n"),
@@ -365,7 +362,7 @@ def _kv(text: str) -> dict[str, str]:
 
 
 def install(
-    target,
+    target: Target,
     cfg: BoardConfig,
     *,
     python: str,
@@ -374,7 +371,7 @@ def install(
     board: str | None = None,
     log: Callable[[str], None] = print,
 ) -> ServiceResult:
-    """Install the units on ``target`` (a ``shelfrank.flash.Target``) after a successful flash.
+    """Install the units on ``target`` after a successful flash.
 
     Args:
         python: the python the health check ran on the target (used when no runtime is installed).
@@ -385,8 +382,9 @@ def install(
     Raises:
         ServiceError: a step on the target failed (creating the user, writing the units, starting).
     """
-    q = shlex.quote
+    q = sh_quote
     prefix = target.prefix.rstrip("/") or "/"
+    layout = TargetLayout(prefix)
     unit_dir = (unit_dir or DEFAULT_UNIT_DIR).rstrip("/") or "/"
     url = check(cfg, prefix, sync_url=sync_url)
     user = cfg.service_user
@@ -395,7 +393,7 @@ def install(
         target.sh(
             f"echo UID=$(id -u); "
             f"[ -d {q(SYSTEMD_RUNNING_MARKER)} ] && echo SYSTEMD=running || echo SYSTEMD=none; "
-            f"[ -x {q(f'{prefix}/{RUNTIME_SHELFRANK}')} ] && echo RUNTIME=yes || echo RUNTIME=no; "
+            f"[ -x {q(layout.at(layout.RUNTIME_SHELFRANK))} ] && echo RUNTIME=yes || echo RUNTIME=no; "
             f"echo PY=$(command -v {q(python)}); "
             f"mkdir -p {q(unit_dir)} 2>/dev/null; [ -d {q(unit_dir)} ] && [ -w {q(unit_dir)} ] && echo UNITS=w; true"
         ).stdout
@@ -413,7 +411,7 @@ def install(
     writable = probe.get("UNITS") == "w"
     systemd_dir = unit_dir in SYSTEMD_UNIT_DIRS
     activate = root and running and systemd_dir
-    staged = f"{prefix}/{STAGING}"
+    staged, state = layout.at(layout.UNITS), layout.at(layout.STATE)
     what = f"{', '.join(names)} (ExecStart {' '.join(command)} …)"
     if url:
         what += f"; sync from {url} on {cfg.sync_schedule!r} + up to {cfg.sync_random_delay_s} s"
@@ -422,18 +420,18 @@ def install(
     with tempfile.TemporaryDirectory(prefix="shelfrank-units-") as tmp:
         for name, text in units.items():
             Path(tmp, name).write_text(text, encoding="utf-8")
-        target.sh(f"rm -rf {q(staged)}.new")
+        target.sh(sh_join("rm", "-rf", f"{staged}.new"))
         target.send(Path(tmp), names, f"{staged}.new")
 
     def useradd(shell: str) -> str:
         return (
-            f"useradd --system --user-group --no-create-home --home-dir {q(prefix + '/state')} "
-            f"--shell {shell} {q(user)}"
+            sh_join("useradd", "--system", "--user-group", "--no-create-home", "--home-dir", state, "--shell")
+            + f" {shell} {q(user)}"
         )
 
     nologin = '"$(command -v nologin || echo /bin/false)"'
-    chown = f"chown -R {q(user)}: {q(prefix + '/state')}"
-    steps = [f"rm -rf {q(staged)} && mv {q(staged)}.new {q(staged)}"]
+    chown = sh_join("chown", "-R", f"{user}:", state)
+    steps = [f"{sh_join('rm', '-rf', staged)} && {sh_join('mv', f'{staged}.new', staged)}"]
     if root:  # before any unit is in place: a failure here leaves no half-installed service
         steps += [
             f"if ! id -u {q(user)} >/dev/null 2>&1; then {useradd(nologin)} && echo USER_CREATED=1; fi",
@@ -471,7 +469,7 @@ def install(
     if done.get("USER_CREATED"):
         log(f"service: created the system user {user!r}")
     if root:
-        log(f"service: {prefix}/state belongs to {user!r}")
+        log(f"service: {state} belongs to {user!r}")
     log(
         f"service: unit files in {unit_dir}"
         if writable

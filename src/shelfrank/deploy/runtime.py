@@ -37,7 +37,6 @@ health check, which then runs with the new venv's python:
 
 from __future__ import annotations
 
-import email.parser
 import functools
 import hashlib
 import json
@@ -47,22 +46,18 @@ import re
 import shutil
 import subprocess
 import sys
-import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
 
+from packaging.utils import canonicalize_name
+
+from shelfrank.deploy.target import CLEAN_PY, DirTarget, FlashError, Target, TargetLayout, sh_all, sh_join
+from shelfrank.deploy.target import sh_quote as _q
+from shelfrank.deploy.wheels import Wheel, manylinux_platforms, requirements, supported_tags
 from shelfrank.device.bundle import sha256_file
-from shelfrank.flash import DirTarget, FlashError
-from shelfrank.flash import sh_quote as _q
 
-if TYPE_CHECKING:
-    from shelfrank.flash import Target
-
-RUNTIME = "runtime"
-WHEELS = "runtime/wheels"
-VENV_LINK = "runtime/venv"
-MARKER = ".shelfrank-runtime.json"
+RUNTIME, WHEELS, VENV_LINK = TargetLayout.RUNTIME, TargetLayout.WHEELS, TargetLayout.VENV_LINK
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 MIN_PYTHON = (3, 10)
 
@@ -104,10 +99,6 @@ class RuntimeInstallError(FlashError):
     """The runtime cannot be installed (the message says why); nothing was switched."""
 
 
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 @dataclass(frozen=True)
 class TargetPython:
     """What the probe found out about the base python on the target."""
@@ -140,7 +131,7 @@ class TargetPython:
             machine=d["machine"],
             glibc=glibc,
             venv=bool(d.get("venv")),
-            ort_dists=tuple(_norm(x) for x in d.get("ort_dists", [])),
+            ort_dists=tuple(canonicalize_name(x) for x in d.get("ort_dists", [])),
             ort_version=ort.get("version"),
             ort_providers=tuple(ort.get("providers", [])),
             ort_error=d.get("ort_error"),
@@ -194,60 +185,9 @@ def plan_runtime(tp: TargetPython) -> RuntimePlan:
 # --- wheels ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Wheel:
-    path: Path
-    dist: str
-    version: str
-    py: frozenset[str]
-    abi: frozenset[str]
-    plat: frozenset[str]
-
-    @classmethod
-    def parse(cls, path: Path) -> Wheel | None:
-        parts = path.name[:-4].split("-")
-        if not path.name.endswith(".whl") or len(parts) not in (5, 6):
-            return None
-        dist, version, py, abi, plat = parts[0], parts[1], parts[-3], parts[-2], parts[-1]
-        return cls(
-            path, _norm(dist), version, frozenset(py.split(".")), frozenset(abi.split(".")), frozenset(plat.split("."))
-        )
-
-
-_LEGACY_MANYLINUX = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
-
-
-def _platform_ok(plat: str, machine: str, glibc: tuple[int, int] | None) -> bool:
-    if plat == "any" or plat == f"linux_{machine}":
-        return True
-    m = re.fullmatch(rf"manylinux_(\d+)_(\d+)_{re.escape(machine)}", plat)
-    if m:
-        need = (int(m.group(1)), int(m.group(2)))
-    else:
-        legacy = plat.removesuffix(f"_{machine}")
-        if legacy == plat or legacy not in _LEGACY_MANYLINUX:
-            return False
-        need = _LEGACY_MANYLINUX[legacy]
-    return glibc is None or need <= glibc
-
-
-def _python_ok(w: Wheel, version: tuple[int, int]) -> bool:
-    major, minor = version
-    for py in w.py:
-        if py in ("py3", f"py{major}{minor}") and "none" in w.abi:
-            return True
-        m = re.fullmatch(r"cp(\d)(\d+)", py)
-        if m and int(m.group(1)) == major:
-            if int(m.group(2)) == minor and ({f"cp{major}{minor}", "none"} & w.abi):
-                return True
-            if "abi3" in w.abi and int(m.group(2)) <= minor:
-                return True
-    return False
-
-
 def wheel_fits(w: Wheel, tp: TargetPython) -> bool:
     """Could pip on the target install ``w``? (A filter for what to carry; pip decides in the end.)"""
-    return _python_ok(w, tp.version) and any(_platform_ok(p, tp.machine, tp.glibc) for p in w.plat)
+    return w.fits(supported_tags(tp.version, tp.machine, tp.glibc))
 
 
 def select_wheels(wheelhouses: list[str | Path], tp: TargetPython) -> tuple[Wheel, list[Wheel]]:
@@ -258,12 +198,13 @@ def select_wheels(wheelhouses: list[str | Path], tp: TargetPython) -> tuple[Whee
             for the target.
     """
     found: dict[str, Wheel] = {}
+    supported = supported_tags(tp.version, tp.machine, tp.glibc)
     for d in wheelhouses:
         if not Path(d).is_dir():
             raise RuntimeInstallError(f"--wheelhouse {d}: not a directory")
         for p in sorted(Path(d).glob("*.whl")):
             w = Wheel.parse(p)
-            if w is not None and wheel_fits(w, tp):
+            if w is not None and w.fits(supported):
                 found.setdefault(p.name, w)
     ours = [w for w in found.values() if w.dist == "shelfrank"]
     if not ours:
@@ -279,27 +220,6 @@ def select_wheels(wheelhouses: list[str | Path], tp: TargetPython) -> tuple[Whee
             "keep one in the wheelhouse"
         )
     return ours[0], sorted((w for w in found.values() if w.dist != "shelfrank"), key=lambda w: w.path.name)
-
-
-def requirements(wheel: Path, skip: tuple[str, ...] = ()) -> list[str]:
-    """The wheel's Requires-Dist without extras, less the distributions in ``skip``."""
-    with zipfile.ZipFile(wheel) as z:
-        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
-        msg = email.parser.Parser().parsestr(z.read(meta).decode())
-    out = []
-    for req in msg.get_all("Requires-Dist") or []:
-        if re.search(r"\bextra\s*==", req):
-            continue
-        if _norm(re.split(r"[<>=!~;\s\[(]", req, maxsplit=1)[0]) in {_norm(s) for s in skip}:
-            continue
-        out.append(req)
-    return out
-
-
-def manylinux_platforms(machine: str, glibc: tuple[int, int]) -> list[str]:
-    """What pip on a glibc ``glibc`` board accepts, for pip's --platform (which does not expand)."""
-    plats = [f"manylinux_2_{m}_{machine}" for m in range(glibc[1], 4, -1)]
-    return plats + [f"{legacy}_{machine}" for legacy, need in _LEGACY_MANYLINUX.items() if need <= glibc]
 
 
 # --- install -----------------------------------------------------------------------------------
@@ -335,7 +255,7 @@ class Runtime:
 
     @property
     def venv(self) -> str:
-        return f"{self.prefix}/{RUNTIME}/{self.name}"
+        return TargetLayout(self.prefix).at(f"{RUNTIME}/{self.name}")
 
     @property
     def python(self) -> str:
@@ -346,15 +266,21 @@ class Runtime:
         that are neither it nor the previous one."""
         keep = {self.name, self.previous or self.name}
         cases = "|".join(_q(f"{RUNTIME}/{k}") for k in sorted(keep))
-        return (
-            f"ln -sfn {_q(self.name)} {VENV_LINK}.new && mv -T {VENV_LINK}.new {VENV_LINK} && "
-            f'for d in {RUNTIME}/venv-*; do case $d in {cases}) ;; *) rm -rf "$d" ;; esac; done'
+        return sh_all(
+            sh_join("ln", "-sfn", self.name, f"{VENV_LINK}.new"),
+            sh_join("mv", "-T", f"{VENV_LINK}.new", VENV_LINK),
+            f'for d in {RUNTIME}/venv-*; do case $d in {cases}) ;; *) rm -rf "$d" ;; esac; done',
         )
 
 
-# Environment for the runtime's pythons: nothing from the flashing shell's PYTHONPATH/PYTHONHOME;
-# offline also no PIP_* and no pip config file (the carried wheels are the only source).
-CLEAN_PY = "unset PYTHONPATH PYTHONHOME"
+def probe_script(python: str) -> str:
+    """Shell (run in PREFIX) that prints ``RTCUR=`` (where ``runtime/venv`` points) and the
+    :data:`PROBE` line of the base ``python``, or what the shell said when it does not run."""
+    return f"echo RTCUR=$(readlink {VENV_LINK} 2>/dev/null); ({CLEAN_PY}; {sh_join(python, '-c', PROBE)}) 2>&1; true"
+
+
+# Offline, the runtime's pip sees no PIP_* and no pip config file (the carried wheels are the only
+# source); CLEAN_PY (deploy.target) keeps the flashing shell's PYTHONPATH/PYTHONHOME out as well.
 _CLEAN_PIP = (
     "for v in $(env | sed -n 's/^\\(PIP_[A-Za-z0-9_]*\\)=.*/\\1/p'); do unset \"$v\"; done; "
     "export PIP_CONFIG_FILE=/dev/null"
@@ -408,26 +334,27 @@ def size(rt: Runtime) -> int:
 def install(t: Target, rt: Runtime, *, log: Callable[[str], None] = print) -> None:
     """Carry the wheels and make the venv (see the module docstring); on failure the new venv is
     removed and :class:`RuntimeInstallError` says why. ``PREFIX/runtime/venv`` is not touched here."""
-    p = rt.prefix
+    wh = TargetLayout(rt.prefix).at(WHEELS)
     wheels = [rt.wheel, *rt.deps]
     names = {w.path.name for w in wheels}
-    have = t.sh(f"cd {_q(p)}/{WHEELS} 2>/dev/null && sha256sum -- *.whl 2>/dev/null; true").stdout
+    have = t.sh(TargetLayout.hashes_script(wh, ("*.whl",))).stdout
     present = {ln.split(None, 1)[1].strip().lstrip("*"): ln.split()[0] for ln in have.splitlines() if "  " in ln}
     todo = [w for w in wheels if present.get(w.path.name) != sha256_file(w.path)]
     log(f"runtime: {len(wheels)} wheel(s) for {rt.tp.describe()}, {len(todo)} to send; {rt.plan.reason}")
     # Keep only the wheels of this install, so --find-links offers pip nothing else.
     keep = " ".join(_q(n) for n in sorted(names))
     t.sh(
-        f"mkdir -p {_q(p)}/{WHEELS} && cd {_q(p)}/{WHEELS} && for f in *.whl; do "
-        f'case " {keep} " in *" $f "*) ;; *) rm -f -- "$f" ;; esac; done; true'
+        sh_all(sh_join("mkdir", "-p", wh), sh_join("cd", wh), "for f in *.whl; do ")
+        + f'case " {keep} " in *" $f "*) ;; *) rm -f -- "$f" ;; esac; done; true'
     )
     by_dir: dict[Path, list[str]] = {}
     for w in todo:
         by_dir.setdefault(w.path.parent, []).append(w.path.name)
     for d, files in by_dir.items():
-        t.send(d, files, f"{p}/{WHEELS}")
+        t.send(d, files, wh)
 
-    done = t.sh(f"test -f {_q(rt.venv)}/{MARKER} && echo yes; true").stdout.strip() == "yes"
+    record_path = f"{rt.venv}/{TargetLayout.RUNTIME_RECORD}"
+    done = t.sh(f"{sh_join('test', '-f', record_path)} && echo yes; true").stdout.strip() == "yes"
     if done:
         rt.reused = True
         log(f"runtime: {rt.venv} already installed with these wheels (reused)")
@@ -435,7 +362,7 @@ def install(t: Target, rt: Runtime, *, log: Callable[[str], None] = print) -> No
     try:
         (_install_cross if rt.cross else _install_on_target)(t, rt, log)
     except Exception:
-        t.sh(f"rm -rf {_q(rt.venv)}", check=False)
+        t.sh(sh_join("rm", "-rf", rt.venv), check=False)
         raise
     record = json.dumps(
         {
@@ -449,7 +376,7 @@ def install(t: Target, rt: Runtime, *, log: Callable[[str], None] = print) -> No
             "mode": "cross-install" if rt.cross else "on target",
         }
     )
-    t.sh(f"printf '%s\\n' {_q(record)} > {_q(rt.venv)}/{MARKER}")
+    t.sh(f"printf '%s\\n' {_q(record)} > {_q(record_path)}")
 
 
 def _fail(t: Target, what: str, res: subprocess.CompletedProcess) -> RuntimeInstallError:
@@ -459,21 +386,20 @@ def _fail(t: Target, what: str, res: subprocess.CompletedProcess) -> RuntimeInst
 
 
 def _install_on_target(t: Target, rt: Runtime, log: Callable[[str], None]) -> None:
-    wh = f"{rt.prefix}/{WHEELS}"
-    ssp = " --system-site-packages" if rt.plan.system_site_packages else ""
-    src = f"--find-links {_q(wh)}" + ("" if rt.online else " --no-index")
-    pip = f"{_q(rt.python)} -m pip install --disable-pip-version-check --no-input -q --only-binary=:all: {src}"
-    reqs = " ".join(_q(r) for r in requirements(rt.wheel.path, rt.plan.skip))
+    wh = TargetLayout(rt.prefix).at(WHEELS)
+    ssp = ["--system-site-packages"] if rt.plan.system_site_packages else []
+    pip = [rt.python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-q", "--only-binary=:all:"]
+    pip += ["--find-links", wh, *([] if rt.online else ["--no-index"])]
     script = "; ".join(
         [
             "set -e",
             CLEAN_PY,
             *([] if rt.online else [_CLEAN_PIP]),
-            f"rm -rf {_q(rt.venv)}",
-            f"{_q(rt.tp.python)} -m venv{ssp} {_q(rt.venv)}",
-            f"{pip} {reqs}",
-            f"{pip} --no-deps {_q(wh + '/' + rt.wheel.path.name)}",
-            f"{_q(rt.python)} -c 'import shelfrank.device, sys; print(shelfrank.device.__file__)'",
+            sh_join("rm", "-rf", rt.venv),
+            sh_join(rt.tp.python, "-m", "venv", *ssp, rt.venv),
+            sh_join(*pip, *requirements(rt.wheel.path, rt.plan.skip)),
+            sh_join(*pip, "--no-deps", f"{wh}/{rt.wheel.path.name}"),
+            sh_join(rt.python, "-c", "import shelfrank.device, sys; print(shelfrank.device.__file__)"),
         ]
     )
     log(f"runtime: making {rt.venv} ({'--system-site-packages, ' if ssp else ''}pip on the target)")
@@ -488,11 +414,15 @@ def _install_on_target(t: Target, rt: Runtime, log: Callable[[str], None]) -> No
 def _install_cross(t: Target, rt: Runtime, log: Callable[[str], None]) -> None:
     if rt.tp.glibc is None:  # prepare() refuses this already
         raise RuntimeInstallError(f"{t.description}: {rt.tp.python} reports no glibc version")
-    ssp = " --system-site-packages" if rt.plan.system_site_packages else ""
+    ssp = ["--system-site-packages"] if rt.plan.system_site_packages else []
     log(f"runtime: making {rt.venv} (cross-install: the target python makes the venv, this pip fills it)")
     res = t.sh(
-        f"{CLEAN_PY}; rm -rf {_q(rt.venv)} && {_q(rt.tp.python)} -m venv --without-pip{ssp} {_q(rt.venv)} && "
-        f'{_q(rt.python)} -c \'import sysconfig; print("SITE=" + sysconfig.get_path("purelib"))\'',
+        f"{CLEAN_PY}; "
+        + sh_all(
+            sh_join("rm", "-rf", rt.venv),
+            sh_join(rt.tp.python, "-m", "venv", "--without-pip", *ssp, rt.venv),
+            sh_join(rt.python, "-c", 'import sysconfig; print("SITE=" + sysconfig.get_path("purelib"))'),
+        ),
         check=False,
         timeout=600,
     )
@@ -501,7 +431,7 @@ def _install_cross(t: Target, rt: Runtime, log: Callable[[str], None]) -> None:
     site = next((ln[5:] for ln in res.stdout.splitlines() if ln.startswith("SITE=")), "")
     if not site.startswith(rt.venv + "/"):
         raise RuntimeInstallError(f"{t.description}: the new venv's site-packages is {site!r}, not under {rt.venv}")
-    wh = f"{rt.prefix}/{WHEELS}"
+    wh = TargetLayout(rt.prefix).at(WHEELS)
     major, minor = rt.tp.version
     plats = [a for pl in manylinux_platforms(rt.tp.machine, rt.tp.glibc) for a in ("--platform", pl)]
     base = [
