@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import mmap
+import os
 import sqlite3
 from array import array
 from collections.abc import Mapping, Sequence
@@ -12,9 +14,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from shelfrank.device.catalog_files import NEIGHBOR_FILES
+from shelfrank.device.catalog_files import NEIGHBOR_FILES, TEXT_FILES
 from shelfrank.device.codes import CODES_FILE, check_codes, check_mean
-from shelfrank.device.columns import IdIndex, Strings
+from shelfrank.device.columns import IdIndex, Strings, load_strings
 from shelfrank.device.formats import REASONS as REASONS  # re-exported: what Item.reason takes
 from shelfrank.device.formats import ROW_SCALE_MAX
 from shelfrank.device.formats import SCORE_KINDS as SCORE_KINDS  # and Item.score_kind
@@ -94,8 +96,9 @@ class Catalog:
         self.planner = planner if planner is not None else Planner()
         try:
             # a plain ndarray view of the read-only mapping: no np.memmap overhead per indexing
-            self.rows = np.load(root / "emb.i8.npy", mmap_mode="r").view(np.ndarray)
-            self.scales = np.load(root / "scale.f32.npy")
+            mapped = np.load(root / "emb.i8.npy", mmap_mode="r")
+            self.rows = mapped.view(np.ndarray)
+            self.scales = np.load(root / "scale.f32.npy", mmap_mode="r").view(np.ndarray)
         except (OSError, ValueError) as e:
             raise BundleError(f"{root}: catalog rows unreadable: {e}") from e
         if self.rows.dtype != np.int8 or self.rows.ndim != 2 or self.rows.shape[1] != dim:
@@ -114,15 +117,23 @@ class Catalog:
         n = self.rows.shape[0]
         self.neighbors = load_neighbors(root, n)
         self.codes, self.mean = load_codes(root, n, dim, mean)
+        if self.planner.choose(self, 10) == "two_pass":
+            # a two-pass query reads a few hundred scattered rows: no readahead around them, so the
+            # rows' pages that come into memory are the rescored ones (docs/device.md, "Memory")
+            _advise_random(mapped, root / "emb.i8.npy")
         # Everything a query returns is held in compact columns read once from SQLite: no Python
         # object per item (docs/device.md, "Memory"): ids and titles each in one UTF-8 blob with
-        # offsets (device/columns.py), the id -> row index as sorted hashes, category/brand as codes
-        # into small vocabularies. Queries never touch SQLite: a result costs a few memory reads,
-        # not a B-tree walk through pages the row scan has just pushed out of the caches.
+        # offsets (device/columns.py; memory-mapped from the catalog's ids.*/titles.* files when it
+        # has them), the id -> row index as sorted hashes, category/brand as codes into small
+        # vocabularies. Queries never touch SQLite: a result costs a few memory reads, not a B-tree
+        # walk through pages the row scan has just pushed out of the caches.
+        mapped_ids = load_strings(root / TEXT_FILES["ids"], root / TEXT_FILES["id_ends"], n)
+        mapped_titles = load_strings(root / TEXT_FILES["titles"], root / TEXT_FILES["title_ends"], n)
         price, stock, pop = array("d"), array("b"), array("f")
         cat_codes, brand_codes = array("i"), array("i")
         ids, id_ends, hashes = bytearray(), array("q"), array("q")
         titles, title_ends = bytearray(), array("q")
+        bad = None  # the first row whose id or title disagrees with the string columns
         self._cat_vocab: dict[str, int] = {}
         self._brand_vocab: dict[str, int] = {}
         try:
@@ -134,11 +145,17 @@ class Catalog:
                 for expected, (row, item_id, title, category, brand, p, in_stock, popularity) in enumerate(cursor):
                     if row != expected:
                         raise BundleError(f"{root / 'items.sqlite'}: row numbers are not 0..N-1 (row {row})")
-                    ids += item_id.encode()
-                    id_ends.append(len(ids))
                     hashes.append(hash(item_id))
-                    titles += title.encode()
-                    title_ends.append(len(titles))
+                    if mapped_ids is None:
+                        ids += item_id.encode()
+                        id_ends.append(len(ids))
+                    elif bad is None and (row >= n or mapped_ids.raw(row) != item_id.encode()):
+                        bad = ("ids", row)
+                    if mapped_titles is None:
+                        titles += title.encode()
+                        title_ends.append(len(titles))
+                    elif bad is None and not row & 63 and (row >= n or mapped_titles.raw(row) != title.encode()):
+                        bad = ("titles", row)  # one title in 64 compared: the blob is signed or written here
                     cat_codes.append(
                         -1 if category is None else self._cat_vocab.setdefault(category, len(self._cat_vocab))
                     )
@@ -152,11 +169,16 @@ class Catalog:
                 con.close()
         except sqlite3.Error as e:
             raise BundleError(f"{root / 'items.sqlite'}: unreadable item table: {e}") from e
-        if len(id_ends) != n:
-            raise BundleError(f"{root / 'items.sqlite'}: {len(id_ends)} items for {n} embedding rows")
+        if len(hashes) != n:
+            raise BundleError(f"{root / 'items.sqlite'}: {len(hashes)} items for {n} embedding rows")
+        if bad is not None:
+            raise BundleError(
+                f"{root / TEXT_FILES[bad[0]]}: row {bad[1]} disagrees with items.sqlite; re-export the bundle "
+                "or republish the catalog"
+            )
         #: the item id of every row (a read-only sequence of str)
-        self.item_ids = Strings(ids, id_ends)
-        self._titles = Strings(titles, title_ends)  # kept as built: a bytes() copy would double the peak
+        self.item_ids = mapped_ids if mapped_ids is not None else Strings(ids, id_ends)
+        self._titles = mapped_titles if mapped_titles is not None else Strings(titles, title_ends)
         self._cat_names = [None, *self._cat_vocab]  # code + 1 -> name
         self._brand_names = [None, *self._brand_vocab]
         self._cat_code_list, self._brand_code_list = cat_codes, brand_codes
@@ -176,7 +198,7 @@ class Catalog:
         self.lexical = LexicalIndex(root / "items.sqlite")
 
     def __len__(self) -> int:
-        return len(self.item_ids)
+        return self.rows.shape[0]
 
     def topk(
         self, query: np.ndarray, k: int, *, mask: np.ndarray | None = None, threads: int = 1
@@ -233,7 +255,7 @@ class Catalog:
         ids, titles, stock, price = self.item_ids, self._titles, self.in_stock, self._price_list
         per_row = not isinstance(reasons, Reason)
         why = reasons
-        for i, (row, score) in enumerate(zip(rows, scores)):
+        for i, (row, score) in enumerate(zip(rows, scores, strict=False)):
             row = int(row)
             p = price[row]
             if per_row:
@@ -350,6 +372,26 @@ def _str_list(key: str, value: Any) -> list[str]:
     raise InputError(f"where[{key!r}] must be a string or a list of strings, got {value!r}")
 
 
+def _advise_random(mapped: np.memmap, path: Path) -> None:
+    """For a catalog the two-pass scan serves: ``madvise(MADV_RANDOM)`` on its rows' mapping (no
+    readahead around a rescored row), and the rows dropped from the page cache
+    (``POSIX_FADV_DONTNEED``: the signature check has just read the whole file, and the kernel maps
+    cached neighbours of a faulting page, whole large folios, into the process), so that the rows
+    which come into memory are the rescored ones. Advice only: where the platform lacks it, nothing."""
+    mm = getattr(mapped, "_mmap", None)
+    try:
+        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+            mm.madvise(mmap.MADV_RANDOM)
+        if hasattr(os, "posix_fadvise"):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    except OSError as e:
+        logger.debug("%s: madvise/fadvise failed: %s", path, e)
+
+
 def load_codes(root: Path, n: int, dim: int, mean: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(codes memory-mapped, mean float32) for the two-pass scan, or (None, mean) when the catalog has
     no ``codes.u8.npy`` or no mean is given (the exact scan serves it).
@@ -400,7 +442,7 @@ def load_neighbors(root: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
         raise BundleError(f"{w_path}: expected float16 {ids.shape} neighbour weights, got {w.dtype} {w.shape}; {fix}")
     # checked in blocks read from the files, not through the mappings: the check neither makes a
     # full-size temporary nor leaves the whole table resident (a query touches only the rows it gathers)
-    for bi, bw in zip(_blocks(ids_path, ids), _blocks(w_path, w)):
+    for bi, bw in zip(_blocks(ids_path, ids), _blocks(w_path, w), strict=True):
         if bi.size and (bi.min() < -1 or bi.max() >= n):
             raise BundleError(f"{ids_path}: field ids: a neighbour id outside -1..{n - 1}; {fix}")
         if bw.size and not (np.isfinite(bw).all() and bw.min() >= 0):

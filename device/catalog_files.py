@@ -3,7 +3,9 @@
 A catalog version is a folder with ``items.sqlite`` (row, item_id, title, category, brand, price,
 in_stock, popularity; and its FTS5 index ``items_fts``, device/lexical.py), ``emb.i8.npy`` (N × d int8)
 and ``scale.f32.npy`` (N float32); optionally the hybrid's neighbour table (``nbr.*.npy``) and the
-binary codes of the two-pass scan (``codes.u8.npy``, N × ceil(d/8) uint8, device/codes.py).
+binary codes of the two-pass scan (``codes.u8.npy``, N × ceil(d/8) uint8, device/codes.py); the
+ids and titles again as memory-mapped string columns (``ids.*``, ``titles.*``: a UTF-8 blob and
+int64 end offsets, device/columns.py), so that a device holds no per-item Python objects for them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from shelfrank.device.codes import CODES_FILE
+from shelfrank.device.columns import write_strings
 from shelfrank.device.lexical import build_fts
 from shelfrank.errors import InputError
 
@@ -25,6 +28,14 @@ FILES = {"rows": "emb.i8.npy", "scales": "scale.f32.npy", "items": "items.sqlite
 NEIGHBOR_FILES = {"nbr_ids": "nbr.i32.npy", "nbr_weights": "nbr.f16.npy"}
 # optional: the binary codes of the two-pass scan (device/codes.py); the mean is the manifest's
 CODE_FILES = {"codes": CODES_FILE}
+# the ids and titles of items.sqlite as string columns (device/columns.py), memory-mapped on the device;
+# a catalog without them (an older bundle) is read into memory from items.sqlite
+TEXT_FILES = {
+    "ids": "ids.u8.npy",
+    "id_ends": "ids.ends.npy",
+    "titles": "titles.u8.npy",
+    "title_ends": "titles.ends.npy",
+}
 
 
 @dataclass
@@ -139,6 +150,9 @@ def write_catalog_dir(root: str | Path, data: CatalogData, *, fsync: bool = True
     else:
         for name in NEIGHBOR_FILES.values():
             (root / name).unlink(missing_ok=True)
+    write_strings(root / TEXT_FILES["ids"], root / TEXT_FILES["id_ends"], (it["item_id"] for it in data.items))
+    write_strings(root / TEXT_FILES["titles"], root / TEXT_FILES["title_ends"], (it["title"] for it in data.items))
+    files.update(TEXT_FILES)
     if data.codes is not None:
         np.save(root / CODES_FILE, np.ascontiguousarray(data.codes, np.uint8))
         files.update(CODE_FILES)
@@ -163,7 +177,7 @@ def read_catalog_dir(root: str | Path) -> CatalogData:
         recs = con.execute(f"SELECT {', '.join(COLUMNS)} FROM items ORDER BY row").fetchall()
     finally:
         con.close()
-    items = [dict(zip(COLUMNS, r)) for r in recs]
+    items = [dict(zip(COLUMNS, r, strict=True)) for r in recs]
     for it in items:
         it["in_stock"] = bool(it["in_stock"])
     nbr = None

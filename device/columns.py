@@ -13,20 +13,25 @@ from __future__ import annotations
 import bisect
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import overload
 
 import numpy as np
 
-__all__ = ["IdIndex", "Strings"]
+__all__ = ["IdIndex", "Strings", "load_strings", "write_strings"]
 
 
 class Strings(Sequence[str]):
-    """N strings stored as one UTF-8 blob and their end offsets (an ``array('q')``)."""
+    """N strings stored as one UTF-8 blob and their end offsets: in memory (a ``bytearray`` and an
+    ``array('q')``) or memory-mapped from a catalog's ``*.u8.npy`` / ``*.ends.npy`` files
+    (:func:`load_strings`), where only the pages of the strings read come into memory."""
 
-    __slots__ = ("_blob", "_ends")
+    __slots__ = ("_blob", "_ends", "_keep")
 
-    def __init__(self, blob: bytes | bytearray, ends: array) -> None:
-        self._blob, self._ends = blob, ends
+    def __init__(self, blob, ends) -> None:
+        self._keep = (blob, ends)  # the owners of the buffers (a mapping stays open while it is viewed)
+        self._blob = memoryview(blob).cast("B")
+        self._ends = memoryview(ends).cast("B").cast("q")  # indexing gives Python ints
 
     @classmethod
     def build(cls, values: Iterable[str]) -> Strings:
@@ -50,22 +55,22 @@ class Strings(Sequence[str]):
         if i < 0:
             i += len(ends)
         end = ends[i]  # IndexError past the end, as a list
-        return self._blob[ends[i - 1] if i else 0 : end].decode()
+        return str(self._blob[ends[i - 1] if i else 0 : end], "utf-8")
 
-    def raw(self, i: int) -> bytes | bytearray:
+    def raw(self, i: int) -> bytes:
         """The UTF-8 bytes of string ``i`` (no decode)."""
         ends = self._ends
-        return self._blob[ends[i - 1] if i else 0 : ends[i]]
+        return self._blob[ends[i - 1] if i else 0 : ends[i]].tobytes()
 
     def __iter__(self) -> Iterator[str]:
         blob, start = self._blob, 0
         for end in self._ends:
-            yield blob[start:end].decode()
+            yield str(blob[start:end], "utf-8")
             start = end
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (Strings, list, tuple)):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]  # mutable-looking sequence: like list
@@ -75,7 +80,49 @@ class Strings(Sequence[str]):
         return f"Strings([{head}{', …' if len(self) > 3 else ''}], n={len(self)})"
 
     def nbytes(self) -> int:
-        return len(self._blob) + self._ends.itemsize * len(self._ends)
+        return self._blob.nbytes + self._ends.nbytes
+
+
+def write_strings(blob_path: Path, ends_path: Path, values: Iterable[str]) -> None:
+    """``values`` as a uint8 .npy of their UTF-8 bytes and an int64 .npy of their end offsets."""
+    blob, ends = bytearray(), array("q")
+    for v in values:
+        blob += v.encode()
+        ends.append(len(blob))
+    np.save(blob_path, np.frombuffer(blob, np.uint8))
+    np.save(ends_path, np.frombuffer(ends, np.int64))
+
+
+def load_strings(blob_path: Path, ends_path: Path, n: int) -> Strings | None:
+    """The strings :func:`write_strings` wrote, memory-mapped (None when the files are not there).
+
+    Raises:
+        BundleError: a file unreadable, of the wrong dtype or shape, or offsets that are not
+            non-decreasing up to the blob's length (checked in blocks: nothing stays resident).
+    """
+    from shelfrank.errors import BundleError
+
+    if not blob_path.exists() and not ends_path.exists():
+        return None
+    fix = "re-export the bundle or republish the catalog"
+    try:
+        blob = np.load(blob_path, mmap_mode="r") if blob_path.stat().st_size > 128 else np.load(blob_path)
+        ends = np.load(ends_path, mmap_mode="r") if n else np.load(ends_path)
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{blob_path.parent}: string columns unreadable ({e}); {fix}") from e
+    if blob.dtype != np.uint8 or blob.ndim != 1:
+        raise BundleError(f"{blob_path}: expected a uint8 (bytes,) array, got {blob.dtype} {blob.shape}; {fix}")
+    if ends.dtype != np.int64 or ends.shape != (n,):
+        raise BundleError(f"{ends_path}: expected int64 ({n},) end offsets, got {ends.dtype} {ends.shape}; {fix}")
+    prev = 0
+    for lo in range(0, n, 1 << 16):
+        block = np.asarray(ends[lo : lo + (1 << 16)])
+        if block[0] < prev or (np.diff(block) < 0).any():
+            raise BundleError(f"{ends_path}: end offsets decrease (row {lo} onwards); {fix}")
+        prev = int(block[-1])
+    if prev != len(blob):
+        raise BundleError(f"{ends_path}: the last offset {prev} is not the blob's length {len(blob)}; {fix}")
+    return Strings(blob, ends)
 
 
 class IdIndex(Mapping[str, int]):

@@ -58,7 +58,7 @@ def reasons(
             sub = per_item[has]
             # most weight first, ties to the lower row: the keys' last is the primary one
             best = np.lexsort((np.broadcast_to(uniq, sub.shape), -sub), axis=-1)[:, :3]
-            for i, b, v in zip(has.tolist(), best, sub):
+            for i, b, v in zip(has.tolist(), best, sub, strict=True):
                 drivers[i] = [int(uniq[j]) for j in b.tolist() if v[j] > 0]
     rest = [i for i in range(len(rows)) if i not in drivers]
     closest: dict[int, int] = {}  # result index -> the recent item closest to it
@@ -67,7 +67,7 @@ def reasons(
         recent = np.fromiter(window, np.int64, len(window))  # the tower's window, newest first
         v = cat.vectors(np.concatenate([rows[rest], recent]))
         near = (v[: len(rest)] @ v[len(rest) :].T).argmax(axis=1)  # ties go to the newest
-        for i, j in zip(rest, near.tolist()):
+        for i, j in zip(rest, near.tolist(), strict=True):
             row = int(rows[i])
             closest[i] = row if row in window else int(recent[j])  # a repeat names itself
     ids = cat.item_ids

@@ -41,11 +41,11 @@ def _state_dir_for(bundle: Path, explicit: str | Path | None) -> Path:
     (``$XDG_STATE_HOME/shelfrank/<bundle>-<hash>``, ``~/.local/state`` when that is unset or not absolute)."""
     if explicit is not None:
         return Path(explicit)
-    parent = bundle.parent
-    if bundle.name in ("current", "slot_a", "slot_b") and (
-        (parent / "slot_a").exists() or (parent / "slot_b").exists()
-    ):
-        return parent / "state"
+    from shelfrank.deploy.target import TargetLayout
+
+    layout = TargetLayout.holding(bundle)  # PREFIX/current or a slot of a flashed PREFIX
+    if layout is not None:
+        return layout.local(layout.STATE)
     if os.environ.get("SHELFRANK_STATE"):
         return Path(os.environ["SHELFRANK_STATE"])
     # the XDG base-directory spec: an unset, empty or relative XDG_STATE_HOME is ignored (a relative
@@ -339,7 +339,7 @@ class Recommender:
             top = cat.topk(query, want, mask=mask, threads=self.threads)
         ids, scores = top
         rows, kept = [], []
-        for r, s in zip(ids.tolist(), scores.tolist()):
+        for r, s in zip(ids.tolist(), scores.tolist(), strict=True):
             if r >= 0 and r not in skip:
                 rows.append(r)
                 kept.append(s)
@@ -416,7 +416,7 @@ class Recommender:
                 # the kernel's order is total (score, then row), so a shopper's first `want` of the
                 # wider answer are exactly what a scan for `want` gives
                 tops = {i: (ids[j, : plans[i].want], scores[j, : plans[i].want]) for j, i in enumerate(scan)}
-            for i, (q, plan) in enumerate(zip(shoppers, plans)):
+            for i, (q, plan) in enumerate(zip(shoppers, plans, strict=True)):
                 out.append(self._recommend_one(cat, q, plan, k, mask, diversity, exclude_seen, tops.get(i)))
         return out
 

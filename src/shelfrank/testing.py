@@ -168,12 +168,12 @@ def resign_bundle(bundle: str | Path, key_path: str | Path, edit=None) -> dict:
     neighbour file removed leaves ``catalog.files``), every sub-hash is recomputed, ``edit`` (a
     function of the manifest dict, returning it) runs last. Returns the signed manifest."""
     from shelfrank.device import bundle as bfmt
-    from shelfrank.device.catalog_files import CODE_FILES, FILES, NEIGHBOR_FILES
+    from shelfrank.device.catalog_files import CODE_FILES, FILES, NEIGHBOR_FILES, TEXT_FILES
 
     bundle = Path(bundle)
     manifest = json.loads((bundle / bfmt.MANIFEST).read_text())
     cat = manifest["catalog"]
-    files = {role: f"catalog/{name}" for role, name in {**FILES, **NEIGHBOR_FILES, **CODE_FILES}.items()}
+    files = {role: f"catalog/{name}" for role, name in {**FILES, **NEIGHBOR_FILES, **CODE_FILES, **TEXT_FILES}.items()}
     cat["files"] = {role: rel for role, rel in files.items() if (bundle / rel).is_file()}
     cat["sha256"] = {role: bfmt.sha256_file(bundle / rel) for role, rel in cat["files"].items()}
     for entry in ("model", "tokenizer", "user_tower"):

@@ -126,9 +126,9 @@ def test_two_pass_rescores_exactly_and_honours_the_mask(rec):
     assert (ids >= 0).all() and mask[ids].all()
     # every score is the exact int8 score of that row, best first, ties to the lower row
     full_ids, full_scores = topk(q, cat.rows, len(cat), scales=cat.scales)
-    exact_of = dict(zip(full_ids.tolist(), full_scores.tolist()))
+    exact_of = dict(zip(full_ids.tolist(), full_scores.tolist(), strict=True))
     assert scores.tolist() == [exact_of[i] for i in ids.tolist()]
-    assert list(zip(-scores, ids)) == sorted(zip(-scores, ids))
+    assert list(zip(-scores, ids, strict=True)) == sorted(zip(-scores, ids, strict=True))
     # the numpy definition and the native kernel agree
     ref = _numpy_two_pass(q, cat.rows, 10, codes=cat.codes, mean=cat.mean, r=25, scales=cat.scales, mask=mask)
     np.testing.assert_array_equal(ids, ref[0])
