@@ -26,8 +26,10 @@
 #             pyproject.toml copied to opt/sr/repo
 #   bundle    the device test bundle built on x86 (shelfrank.testing.build_device_bundle) into
 #             opt/sr/bundle (+ bundle.pub): SHELFRANK_TEST_BUNDLE for the emulated tests
-#   test-a72  pytest tests/native/test_topk.py tests/device under qemu -cpu cortex-a72 (Pi 4):
-#             active_isa() must be neon; test-a76: -cpu cortex-a76 (dotprod): neon_dot
+#   test-a72  pytest tests/native/test_topk.py tests/native/test_two_pass.py tests/device under
+#             qemu -cpu cortex-a72 (Pi 4): active_isa() must be neon; test-a76: -cpu cortex-a76
+#             (dotprod): neon_dot. ARM_TESTS="tests/native/test_two_pass.py" runs only those
+#             (e.g. `ARM_TESTS=... scripts/arm_runtime.sh module site test-a72 test-a76`)
 #   parity    scripts/arm/parity.py on x86 and under both CPUs; result in build/arm-parity.json
 #   sr-wheels shelfrank's own aarch64 wheels, cp310 and cp311 (scripts/build_wheels.py: cross-
 #             compiled by CMake, checked, tagged manylinux_2_X_aarch64) into build/wheels/
@@ -58,6 +60,7 @@ BUNDLE="$SR/bundle"
 ARM_PY="$SR/bin/python3"
 NATIVE_DIR="$ROOT_DIR/build/arm64-native"
 X86_SITE="$ROOT_DIR/build/arm-x86-site"
+ARM_TESTS="${ARM_TESTS:-tests/native/test_topk.py tests/native/test_two_pass.py tests/device}"
 WORK="$ROOT_DIR/build/arm-work"
 PARITY_JSON="$ROOT_DIR/build/arm-parity.json"
 VENV_PY="$ROOT_DIR/.venv/bin/python"
@@ -181,8 +184,8 @@ step_module() {
     [ -f "$pyinc/Python.h" ] || die "$pyinc/Python.h missing: libpython3.11-dev is not in the root"
     pybind="$("$VENV_PY" -c 'import pybind11; print(pybind11.get_include())')"
     # As CMakeLists.txt: C++17, Release, -march=armv8-a -mno-outline-atomics (Cortex-A72: armv8.0,
-    # no LSE), dotprod only by pragma in topk_neon_dot.cpp, -ffp-contract=off on common.cpp and
-    # topk.cpp; pybind11_add_module's -fvisibility=hidden.
+    # no LSE), dotprod only by pragma in topk_neon_dot.cpp, -ffp-contract=off on common.cpp,
+    # topk.cpp and two_pass.cpp; pybind11_add_module's -fvisibility=hidden.
     local cxx=(aarch64-linux-gnu-g++ -std=c++17 -O3 -DNDEBUG -fPIC -fvisibility=hidden -pthread
         -march=armv8-a -mno-outline-atomics -Wall -Wextra -Inative/include)
     local py_flags=(-isystem "$pyinc" -idirafter "$ROOTFS/usr/include" -isystem "$pybind")
@@ -190,6 +193,7 @@ step_module() {
     hash="$( {
         printf '%s\n' "${cxx[*]}" "$pybind" "$(aarch64-linux-gnu-g++ --version | head -1)"
         cat native/include/shelfrank/* native/src/* native/bindings/module.cpp "$pyinc/patchlevel.h"
+        printf 'fp-contract-off: common topk two_pass\n'  # the per-file flags below change the hash
         "$VENV_PY" -c 'import pybind11; print(pybind11.__version__)'
     } | sha256sum | cut -c1-16)"
     if [ -f "$NATIVE_DIR/$SO_NAME" ] && [ "$(cat "$NATIVE_DIR/hash" 2>/dev/null)" = "$hash" ]; then
@@ -203,7 +207,7 @@ step_module() {
         b="$(basename "$f" .cpp)"
         extra=()
         case "$b" in
-            common | topk) extra=(-ffp-contract=off) ;;
+            common | topk | two_pass) extra=(-ffp-contract=off) ;;
             module) extra=("${py_flags[@]}") ;;
         esac
         objs+=("$NATIVE_DIR/$b.o")
@@ -304,7 +308,7 @@ step_test_cpu() {  # CPU EXPECTED_ISA
     done
     # Runs from the copy of the repo's tests and pyproject.toml (its pytest config) in the root.
     (cd "$REPO_COPY" && run env QEMU_CPU="$cpu" PYTHONPATH="$SITE" SHELFRANK_TEST_BUNDLE="$BUNDLE" \
-        HYPOTHESIS_STORAGE_DIRECTORY="$WORK/hypothesis" "$ARM_PY" -m pytest tests/native/test_topk.py tests/device \
+        HYPOTHESIS_STORAGE_DIRECTORY="$WORK/hypothesis" "$ARM_PY" -m pytest $ARM_TESTS \
         -m "not crash" -p no:cacheprovider -q "${args[@]}") || return 1
 }
 

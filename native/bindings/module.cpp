@@ -1,5 +1,7 @@
 // pybind11 binding: shelfrank._native. Strict on purpose: no dtype casts and no copies of the
-// rows; every rejection says how to fix the input. The GIL is released around the scan, and a
+// rows (any row stride, each row contiguous); every rejection says how to fix the input. The
+// Python-visible contract is written out in src/shelfrank/_native.pyi (checked against this
+// module by tests/native/test_stub.py). The GIL is released around the scan, and a
 // large batch is scanned in slices so that Ctrl-C is noticed between them.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -42,6 +44,7 @@ struct Rows {
     py::array arr;
     bool i8 = false;
     size_t n = 0, d = 0;
+    size_t stride = 0;  // elements from one row to the next (d when packed)
 };
 
 Rows check_rows(const py::object& rows_obj) {
@@ -53,11 +56,19 @@ Rows check_rows(const py::object& rows_obj) {
              "; convert once when loading the catalog (rows.astype(np.float32)) or use "
              "quantize_rows(rows) for int8");
     if (r.arr.ndim() != 2) fail("rows must be 2-D (N, d), got " + std::to_string(r.arr.ndim()) + "-D");
-    if (!c_contiguous(r.arr))
-        fail("rows must be C-contiguous; pass np.ascontiguousarray(rows) once when loading");
     r.n = size_t(r.arr.shape(0));
     r.d = size_t(r.arr.shape(1));
     if (r.d == 0) fail("rows have dimension 0");
+    // Any row stride is fine as long as each row is contiguous (a row slice rows[::2], a view of
+    // a wider array's leading columns): the kernel reads row i at data + i * stride, no copy.
+    const py::ssize_t item = r.arr.itemsize();
+    const bool last_ok = r.d == 1 || r.arr.strides(1) == item;
+    const py::ssize_t s0 = r.arr.strides(0);
+    if (!last_ok || (r.n > 1 && (s0 <= 0 || s0 % item != 0 || size_t(s0 / item) < r.d)))
+        fail("rows must be contiguous in the last axis with a positive row stride (got strides " +
+             std::to_string(s0) + ", " + std::to_string(r.arr.strides(1)) + " bytes for " + std::to_string(item) +
+             "-byte elements); pass np.ascontiguousarray(rows) once when loading");
+    r.stride = r.n > 1 ? size_t(s0 / item) : r.d;
     return r;
 }
 
@@ -207,6 +218,7 @@ py::tuple topk(const py::object& query_obj, const py::object& rows_obj, py::ssiz
         p.batch = std::min(kSlice, batch - b0);
         p.threads = threads;
         p.mask = mask;
+        p.row_stride = rows.stride;
         {
             py::gil_scoped_release release;
             if (rows.i8)
@@ -255,6 +267,7 @@ py::tuple topk_two_pass(const py::object& query_obj, const py::object& rows_obj,
         p.batch = std::min(kSlice, batch - b0);
         p.threads = threads;
         p.mask = mask;
+        p.row_stride = rows.stride;
         {
             py::gil_scoped_release release;
             // The kernel clamps r to N itself; a catalog smaller than k passes r >= k all the same.
@@ -324,8 +337,12 @@ py::array binary_codes(const py::object& rows_obj, const py::object& scales_obj,
     py::ssize_t bad = -1;
     if (!rows.i8) {
         const float* x = static_cast<const float*>(rows.arr.data());
-        for (size_t i = 0; i < n * d && bad < 0; ++i)
-            if (!std::isfinite(x[i])) bad = py::ssize_t(i / d);
+        for (size_t i = 0; i < n && bad < 0; ++i)
+            for (size_t j = 0; j < d; ++j)
+                if (!std::isfinite(x[i * rows.stride + j])) {
+                    bad = py::ssize_t(i);
+                    break;
+                }
     } else {
         for (size_t i = 0; i < n && bad < 0; ++i)
             if (!std::isfinite(scales[i])) bad = py::ssize_t(i);
@@ -338,9 +355,11 @@ py::array binary_codes(const py::object& rows_obj, const py::object& scales_obj,
     {
         py::gil_scoped_release release;
         if (rows.i8)
-            shelfrank::binary_codes_i8(static_cast<const int8_t*>(rows.arr.data()), scales, n, d, mean, o, threads);
+            shelfrank::binary_codes_i8(static_cast<const int8_t*>(rows.arr.data()), scales, n, d, mean, o, threads,
+                                       rows.stride);
         else
-            shelfrank::binary_codes_f32(static_cast<const float*>(rows.arr.data()), n, d, mean, o, threads);
+            shelfrank::binary_codes_f32(static_cast<const float*>(rows.arr.data()), n, d, mean, o, threads,
+                                        rows.stride);
     }
     return out;
 }

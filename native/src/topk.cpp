@@ -1,5 +1,5 @@
-// Top-k driver shared by every ISA: splits the rows into contiguous ranges (one per thread),
-// scans each range in cache-sized blocks (each block is read from memory once and scored against
+// Top-k driver shared by every ISA: splits the rows into contiguous ranges (one per thread, on a
+// persistent pool), scans each range in cache-sized blocks (each block is read from memory once and scored against
 // every query of the batch), keeps a bounded heap per query and thread, then merges the heaps.
 // The order (score desc, row asc) is total, so the result does not depend on the thread count.
 #include <algorithm>
@@ -56,6 +56,27 @@ private:
     float thr_ = -std::numeric_limits<float>::infinity();
 };
 
+// Rows [r, r + nb) as one contiguous block for the dot kernels: the rows themselves when the row
+// stride is d, else a copy into a block-sized scratch buffer (each row is read once either way,
+// and the block is then scored against the whole batch from cache).
+template <class T>
+class BlockRows {
+public:
+    BlockRows(const T* rows, const TopkParams& p, size_t bs) : rows_(rows), d_(p.d), stride_(row_stride(p)) {
+        if (stride_ != d_) buf_.resize(bs * d_);
+    }
+    const T* at(size_t r, size_t nb) {
+        if (stride_ == d_) return rows_ + r * d_;
+        for (size_t i = 0; i < nb; ++i) std::memcpy(&buf_[i * d_], rows_ + (r + i) * stride_, d_ * sizeof(T));
+        return buf_.data();
+    }
+
+private:
+    const T* rows_;
+    size_t d_, stride_;
+    std::vector<T> buf_;
+};
+
 // Runs `scan(range_begin, range_end, heaps)` on `t` threads and merges the heaps into the output.
 template <class Scan>
 void run(const TopkParams& p, Scan scan, int64_t* out_ids, float* out_scores) {
@@ -86,12 +107,14 @@ void topk_f32(const float* queries, const float* rows, const TopkParams& p, cons
     const size_t bs = block_rows(p.d * sizeof(float));
     auto scan = [&](size_t b, size_t e, std::vector<Heap>& heaps) {
         std::vector<float> sc(bs);
+        BlockRows<float> blk(rows, p, bs);
         for (size_t r = b; r < e; r += bs) {
             const size_t nb = std::min(bs, e - r);
             const uint8_t* m = p.mask ? p.mask + r : nullptr;
             if (none_eligible(m, nb)) continue;
+            const float* x = blk.at(r, nb);
             for (size_t q = 0; q < p.batch; ++q) {
-                isa.dot_f32(queries + q * p.d, rows + r * p.d, nb, p.d, sc.data());
+                isa.dot_f32(queries + q * p.d, x, nb, p.d, sc.data());
                 heaps[q].offer(sc.data(), nb, int64_t(r), m);
             }
         }
@@ -110,12 +133,14 @@ void topk_i8(const float* queries, const int8_t* rows, const float* scales, cons
     auto scan = [&](size_t b, size_t e, std::vector<Heap>& heaps) {
         std::vector<int32_t> dots(bs);
         std::vector<float> sc(bs);
+        BlockRows<int8_t> blk(rows, p, bs);
         for (size_t r = b; r < e; r += bs) {
             const size_t nb = std::min(bs, e - r);
             const uint8_t* m = p.mask ? p.mask + r : nullptr;
             if (none_eligible(m, nb)) continue;
+            const int8_t* x = blk.at(r, nb);
             for (size_t q = 0; q < p.batch; ++q) {
-                isa.dot_i8(q8.data() + q * p.d, rows + r * p.d, nb, p.d, dots.data());
+                isa.dot_i8(q8.data() + q * p.d, x, nb, p.d, dots.data());
                 scores_from_dots(dots.data(), scales + r, qscale[q], nb, sc.data());
                 heaps[q].offer(sc.data(), nb, int64_t(r), m);
             }

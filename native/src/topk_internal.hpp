@@ -4,11 +4,10 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <exception>
 #include <stdexcept>
-#include <thread>
 #include <vector>
 
+#include "pool.hpp"
 #include "shelfrank/topk.hpp"
 
 namespace shelfrank {
@@ -36,8 +35,12 @@ inline int effective_threads(int threads, size_t n) {
     return int(std::min<size_t>(size_t(threads), cap));
 }
 
+// Elements from one row to the next (TopkParams::row_stride, 0 meaning d).
+inline size_t row_stride(const TopkParams& p) { return p.row_stride ? p.row_stride : p.d; }
+
 inline void check(const TopkParams& p) {
     if (p.d == 0) throw std::invalid_argument("dimension must be >= 1");
+    if (p.row_stride && p.row_stride < p.d) throw std::invalid_argument("row_stride must be 0 or >= d");
     if (p.k == 0) throw std::invalid_argument("k must be >= 1");
     if (p.batch == 0) throw std::invalid_argument("batch must be >= 1");
 }
@@ -50,7 +53,8 @@ inline bool none_eligible(const uint8_t* mask, size_t n) {
 }
 
 // Runs work(w, begin, end) for w in [0, t) over contiguous ranges of [0, n) (worker 0 on the
-// calling thread); the first exception a worker throws is rethrown here after all have finished.
+// calling thread, the others on the persistent pool); the first exception a worker throws is
+// rethrown here after all have finished.
 template <class Work>
 void for_ranges(int t, size_t n, Work work) {
     const size_t per = (n + size_t(t) - 1) / size_t(t);
@@ -58,26 +62,10 @@ void for_ranges(int t, size_t n, Work work) {
         work(0, size_t(0), n);
         return;
     }
-    std::vector<std::thread> pool;
-    std::vector<std::exception_ptr> errors(static_cast<size_t>(t));
-    for (int w = 1; w < t; ++w) {
+    parallel_run(t, [&](int w) {
         const size_t b = std::min(n, size_t(w) * per), e = std::min(n, b + per);
-        pool.emplace_back([&, w, b, e] {
-            try {
-                work(w, b, e);
-            } catch (...) {
-                errors[size_t(w)] = std::current_exception();
-            }
-        });
-    }
-    try {
-        work(0, size_t(0), std::min(n, per));
-    } catch (...) {
-        errors[0] = std::current_exception();
-    }
-    for (auto& th : pool) th.join();
-    for (auto& err : errors)
-        if (err) std::rethrow_exception(err);
+        work(w, b, e);
+    });
 }
 
 }  // namespace

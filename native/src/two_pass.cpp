@@ -189,22 +189,23 @@ void rescore(const std::vector<Cand>& c, size_t k, Score score, int64_t* out_ids
 
 }  // namespace
 
-void binary_codes_f32(const float* rows, size_t n, size_t d, const float* mean, uint8_t* out, int threads) {
+void binary_codes_f32(const float* rows, size_t n, size_t d, const float* mean, uint8_t* out, int threads,
+                      size_t row_stride) {
     if (d == 0) throw std::invalid_argument("dimension must be >= 1");
     check_mean(mean);
-    const size_t nb = code_bytes(d);
+    const size_t nb = code_bytes(d), st = row_stride ? row_stride : d;
     for_ranges(effective_threads(threads, n), n, [&](int, size_t b, size_t e) {
-        for (size_t i = b; i < e; ++i) code_row(rows + i * d, 1.0f, false, mean, d, out + i * nb);
+        for (size_t i = b; i < e; ++i) code_row(rows + i * st, 1.0f, false, mean, d, out + i * nb);
     });
 }
 
 void binary_codes_i8(const int8_t* rows, const float* scales, size_t n, size_t d, const float* mean, uint8_t* out,
-                     int threads) {
+                     int threads, size_t row_stride) {
     if (d == 0) throw std::invalid_argument("dimension must be >= 1");
     check_mean(mean);
-    const size_t nb = code_bytes(d);
+    const size_t nb = code_bytes(d), st = row_stride ? row_stride : d;
     for_ranges(effective_threads(threads, n), n, [&](int, size_t b, size_t e) {
-        for (size_t i = b; i < e; ++i) code_row(rows + i * d, scales[i], true, mean, d, out + i * nb);
+        for (size_t i = b; i < e; ++i) code_row(rows + i * st, scales[i], true, mean, d, out + i * nb);
     });
 }
 
@@ -229,6 +230,7 @@ void topk_two_pass_i8(const float* queries, const int8_t* rows, const float* sca
     check(p);
     const size_t rr = checked_r(r, p, true);
     std::vector<std::vector<Cand>> cands = first_pass(queries, codes, mean, rr, p, isa);
+    const size_t st = row_stride(p);
     std::vector<int8_t> q8(p.d);
     for (size_t q = 0; q < p.batch; ++q) {
         const float qs = quantize_vector(queries + q * p.d, p.d, q8.data());
@@ -236,7 +238,7 @@ void topk_two_pass_i8(const float* queries, const int8_t* rows, const float* sca
             std::vector<int32_t> dots(c.size());
             std::vector<float> sc(c.size());
             for (size_t i = 0; i < c.size(); ++i) {
-                isa.dot_i8(q8.data(), rows + size_t(c[i].id) * p.d, 1, p.d, &dots[i]);
+                isa.dot_i8(q8.data(), rows + size_t(c[i].id) * st, 1, p.d, &dots[i]);
                 sc[i] = scales[c[i].id];
             }
             scores_from_dots(dots.data(), sc.data(), qs, c.size(), s);
@@ -250,10 +252,11 @@ void topk_two_pass_f32(const float* queries, const float* rows, const uint8_t* c
     check(p);
     const size_t rr = checked_r(r, p, true);
     std::vector<std::vector<Cand>> cands = first_pass(queries, codes, mean, rr, p, isa);
+    const size_t st = row_stride(p);
     for (size_t q = 0; q < p.batch; ++q) {
         const float* qv = queries + q * p.d;
         auto score = [&](const std::vector<Cand>& c, float* s) {
-            for (size_t i = 0; i < c.size(); ++i) isa.dot_f32(qv, rows + size_t(c[i].id) * p.d, 1, p.d, &s[i]);
+            for (size_t i = 0; i < c.size(); ++i) isa.dot_f32(qv, rows + size_t(c[i].id) * st, 1, p.d, &s[i]);
         };
         rescore(cands[q], p.k, score, out_ids + q * p.k, out_scores + q * p.k);
     }

@@ -5,8 +5,8 @@
 //
 //   test_topk [--expect-isa NAME] [--digest] [-v]
 //     --expect-isa NAME  fail unless active_isa() == NAME (proves dispatch picked the right path)
-//     --digest           print `digest <hex>`: FNV-1a 64 over the int8 top-k ids and score bytes of
-//                        a fixed workload from an integer LCG (no <random> distributions: those
+//     --digest           print `digest <hex>`: FNV-1a 64 over the int8 top-k ids and score bytes (and
+//                        the two-pass codes, ids and score bytes) of a fixed workload from an integer LCG (no <random> distributions: those
 //                        differ between standard libraries), to compare x86 and aarch64 bit for bit
 //     -v                 print every case, not only failures
 // Last line: `N passed, M failed`; exit 0 only when M == 0.
@@ -21,6 +21,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "shelfrank/topk.hpp"
@@ -665,6 +666,139 @@ void test_api(const std::vector<std::string>& isas) {
     });
 }
 
+// ---- two-pass search -------------------------------------------------------------------------
+// A mean of exact float values (multiples of 1/4096 in [-1/8, 1/8]), so codes agree everywhere.
+std::vector<float> make_mean(uint64_t seed, size_t d) {
+    Lcg g(seed);
+    std::vector<float> m(d);
+    for (float& v : m) v = float(g.range(-512, 512)) / 4096.0f;
+    return m;
+}
+
+std::vector<uint8_t> ref_codes_i8(const Data& x, const std::vector<float>& mean) {
+    const size_t nb = sr::code_bytes(x.d);
+    std::vector<uint8_t> c(x.n * nb, 0);
+    for (size_t i = 0; i < x.n; ++i)
+        for (size_t j = 0; j < x.d; ++j)
+            if (float(x.rows8[i * x.d + j]) * x.scales[i] > mean[j]) c[i * nb + j / 8] |= uint8_t(1u << (j % 8));
+    return c;
+}
+
+uint32_t ref_hamming(const uint8_t* a, const uint8_t* b, size_t nb) {
+    uint32_t s = 0;
+    for (size_t j = 0; j < nb; ++j)
+        for (int t = 0; t < 8; ++t) s += ((a[j] ^ b[j]) >> t) & 1u;
+    return s;
+}
+
+// Reference first pass: rows by (distance asc, row asc), masked rows out, the first r.
+std::vector<std::pair<uint32_t, int64_t>> ref_first_pass(const Data& x, const std::vector<uint8_t>& codes,
+                                                         const std::vector<float>& mean, size_t q, size_t r) {
+    const size_t nb = sr::code_bytes(x.d);
+    std::vector<uint8_t> qc(nb, 0);
+    for (size_t j = 0; j < x.d; ++j)
+        if (x.queries[q * x.d + j] > mean[j]) qc[j / 8] |= uint8_t(1u << (j % 8));
+    std::vector<std::pair<uint32_t, int64_t>> v;
+    for (size_t i = 0; i < x.n; ++i)
+        if (x.mask.empty() || x.mask[i]) v.push_back({ref_hamming(qc.data(), &codes[i * nb], nb), int64_t(i)});
+    std::sort(v.begin(), v.end());
+    if (v.size() > r) v.resize(r);
+    return v;
+}
+
+Result run_two_pass_i8(const Data& x, const std::vector<uint8_t>& codes, const std::vector<float>& mean, size_t k,
+                       size_t r, int threads, const sr::IsaKernels& isa) {
+    Result out{std::vector<int64_t>(x.batch * k, 7), std::vector<float>(x.batch * k, 7.0f)};
+    sr::topk_two_pass_i8(x.queries.data(), x.rows8.data(), x.scales.data(), codes.data(), mean.data(), r,
+                         params(x, k, threads), isa, out.ids.data(), out.scores.data());
+    return out;
+}
+
+// The int8 two-pass reference: the exact int8 top-k restricted to the reference candidates.
+Result ref_two_pass_i8(const Data& x, const std::vector<uint8_t>& codes, const std::vector<float>& mean, size_t k,
+                       size_t r) {
+    Result ref{std::vector<int64_t>(x.batch * k), std::vector<float>(x.batch * k)};
+    std::vector<int8_t> q8(x.d);
+    for (size_t q = 0; q < x.batch; ++q) {
+        std::vector<uint8_t> cand(x.n, 0);
+        for (const auto& c : ref_first_pass(x, codes, mean, q, r)) cand[size_t(c.second)] = 1;
+        const float qs = sr::quantize_vector(&x.queries[q * x.d], x.d, q8.data());
+        const std::vector<float> s = i8_ref_scores(q8.data(), qs, x);
+        ref_topk(s.data(), x.n, k, cand.data(), &ref.ids[q * k], &ref.scores[q * k]);
+    }
+    return ref;
+}
+
+void test_two_pass(const std::vector<std::string>& isas) {
+    const size_t dims[] = {1, 7, 16, 33, 97, 384, 768};
+    uint64_t seed = 9000;
+    for (size_t d : dims) {
+        const size_t nb = sr::code_bytes(d);
+        for (MaskKind mk : {MaskKind::none, MaskKind::partial, MaskKind::all_masked, MaskKind::head_masked}) {
+            const size_t n = d >= 384 ? 700 : 2100, k = 10, r = 40;
+            const Data x = make_data(seed, n, d, 3, mk);
+            const std::vector<float> mean = make_mean(seed++, d);
+            std::vector<uint8_t> codes(n * nb, 0xAA);
+            sr::binary_codes_i8(x.rows8.data(), x.scales.data(), n, d, mean.data(), codes.data(), 2);
+            const std::string tag = "d=" + std::to_string(d) + " mask=" + mask_name(mk);
+            run_case("binary_codes_i8 " + tag, [&] { CHECK(codes == ref_codes_i8(x, mean), "codes differ"); });
+            for (const std::string& name : isas) {
+                const sr::IsaKernels& isa = sr::kernels_for(name);
+                run_case("hamming " + name + " " + tag, [&] {
+                    // row 0's code as the query against rows 1.. (the last row ends the allocation)
+                    std::vector<uint32_t> dist(n);
+                    for (size_t m : {size_t(0), size_t(1), size_t(7), size_t(8), size_t(9), n - 1}) {
+                        std::fill(dist.begin(), dist.end(), 12345u);
+                        isa.hamming.fn(&codes[0], &codes[(n - m) * nb], m, nb, dist.data());
+                        for (size_t i = 0; i < m; ++i)
+                            CHECK(dist[i] == ref_hamming(&codes[0], &codes[(n - m + i) * nb], nb),
+                                  "m=" << m << " row " << i << ": " << dist[i]);
+                        CHECK(dist[m] == 12345u, "m=" << m << ": wrote past the end");
+                    }
+                });
+                run_case("hamming_topk " + name + " " + tag, [&] {
+                    for (int t : {1, 2}) {
+                        sr::TopkParams p = params(x, 1, t);
+                        std::vector<int64_t> ids(x.batch * r, 7);
+                        std::vector<int32_t> dist(x.batch * r, 7);
+                        sr::hamming_topk(x.queries.data(), codes.data(), mean.data(), r, p, isa, ids.data(), dist.data());
+                        for (size_t q = 0; q < x.batch; ++q) {
+                            const auto ref = ref_first_pass(x, codes, mean, q, r);
+                            for (size_t j = 0; j < r; ++j) {
+                                const bool have = j < ref.size();
+                                CHECK(ids[q * r + j] == (have ? ref[j].second : -1) &&
+                                          dist[q * r + j] == (have ? int32_t(ref[j].first) : -1),
+                                      "threads=" << t << " query " << q << " slot " << j);
+                            }
+                        }
+                    }
+                });
+                run_case("two_pass_i8 " + name + " " + tag, [&] {
+                    const Result got = run_two_pass_i8(x, codes, mean, k, r, 1, isa);
+                    std::string where;
+                    CHECK(same_bits(got, ref_two_pass_i8(x, codes, mean, k, r), &where), "vs reference at " << where);
+                    CHECK(same_bits(run_two_pass_i8(x, codes, mean, k, r, 3, isa), got, &where),
+                          "threads=3 differs at " << where);
+                    CHECK(same_bits(run_two_pass_i8(x, codes, mean, k, n + 5, 1, isa), run_i8(x, k, 1, isa), &where),
+                          "r > n differs from topk_i8 at " << where);
+                });
+            }
+        }
+    }
+    run_case("two_pass arguments", [&] {
+        const Data x = make_data(3, 50, 16, 1, MaskKind::none);
+        const std::vector<float> mean = make_mean(3, 16);
+        std::vector<uint8_t> codes(50 * 2);
+        sr::binary_codes_i8(x.rows8.data(), x.scales.data(), 50, 16, mean.data(), codes.data(), 1);
+        std::string what;
+        CHECK(throws_invalid([&] { run_two_pass_i8(x, codes, mean, 10, 9, 1, sr::kernels_for("scalar")); }, &what) &&
+                  what.find("r (9) must be >= k (10)") != std::string::npos,
+              what);
+        CHECK(throws_invalid([&] { run_two_pass_i8(x, codes, mean, 10, 0, 1, sr::kernels_for("scalar")); }),
+              "r = 0");
+    });
+}
+
 // ---- digest ---------------------------------------------------------------------------------
 struct Fnv {
     uint64_t h = 1469598103934665603ull;
@@ -689,6 +823,14 @@ uint64_t digest(const sr::IsaKernels& isa) {
             const Result r = run_i8(x, k, 1, isa);
             for (int64_t id : r.ids) f.u64(uint64_t(id));
             for (float s : r.scores) f.u32(fbits(s));
+            // the two-pass result (codes, popcount first pass, rescore) of the same workload
+            const std::vector<float> mean = make_mean(seed, d);
+            std::vector<uint8_t> codes(n * sr::code_bytes(d));
+            sr::binary_codes_i8(x.rows8.data(), x.scales.data(), n, d, mean.data(), codes.data(), 1);
+            for (uint8_t c : codes) f.byte(c);
+            const Result t = run_two_pass_i8(x, codes, mean, k, 64, 1, isa);
+            for (int64_t id : t.ids) f.u64(uint64_t(id));
+            for (float s : t.scores) f.u32(fbits(s));
         }
     }
     return f.h;
@@ -747,6 +889,7 @@ int main(int argc, char** argv) {
     test_dot_kernels(isas);
     test_semantics(isas);
     test_topk_grid(isas);
+    test_two_pass(isas);
     test_digest(isas);
 
     if (want_digest) {

@@ -8,7 +8,8 @@ Run by scripts/arm_runtime.sh, once with the x86 python and once per emulated aa
 What is compared (the same bundle, the same recorded events, the same inputs on every side):
   kernel     int8 top-10 ids and float32 score bits of the native kernel for fixed query vectors
              (single, batched and 2-thread calls) over the bundle's catalog and a synthetic 2000x384
-             int8 catalog: must be bit-exact.
+             int8 catalog, and the two-pass search over both (sign codes, first-pass ids and
+             Hamming distances, rescored ids and score bits): must be bit-exact.
   similar    Recommender.similar() top-10 ids + score bits: the query is a dequantised catalog row
              (no ONNX involved), so this is the kernel again, end to end: bit-exact.
   encoder    the bundle encoder's embeddings of fixed texts: cosine >= 0.999 per text.
@@ -20,6 +21,7 @@ Only the standard library, numpy and shelfrank are used, so the emulated python 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import sys
@@ -84,6 +86,7 @@ def _kernel_case(topk, q, rows, scales, threads=1):
 def dump(bundle: str, pub: str, state: str, out: str) -> None:
     import shelfrank.device as sd
     from shelfrank.device import Recommender
+    from shelfrank.device import kernel as kn
 
     rec = Recommender.open(bundle, public_key=pub or None, state_dir=state)
     try:
@@ -122,6 +125,16 @@ def dump(bundle: str, pub: str, state: str, out: str) -> None:
             ids, scores = sd.topk(q, r, K, scales=s)
             kern[f"{name}/batch"] = {"ids": np.asarray(ids).tolist(), "bits": [_bits(x) for x in scores]}
             kern[f"{name}/threads2/0"] = _kernel_case(sd.topk, q[0], r, s, threads=2)
+            # two-pass: the codes (bytes), the first pass (ids, distances) and the rescore (ids, score bits)
+            # a mean made of exactly rounded steps (integer sum, one division, one float32 product),
+            # so both machines code against the same bits
+            mean = (r.astype(np.int64).sum(axis=0) / len(r)).astype(np.float32) * np.float32(np.max(s))
+            codes = kn.binary_codes(r, scales=s, mean=mean)
+            kern[f"{name}/two_pass/codes"] = {"sha": hashlib.sha256(codes.tobytes()).hexdigest()}
+            fp_ids, fp_dist = kn.hamming_topk(q, codes, 50, mean=mean)
+            kern[f"{name}/two_pass/first"] = {"ids": fp_ids.tolist(), "dist": fp_dist.tolist()}
+            ids, scores = kn.topk_two_pass(q, r, K, codes=codes, mean=mean, r=50, scales=s)
+            kern[f"{name}/two_pass/batch"] = {"ids": np.asarray(ids).tolist(), "bits": [_bits(x) for x in scores]}
         res["kernel"] = kern
 
         res["similar"] = {}

@@ -317,8 +317,8 @@ def test_gil_released_during_scan():
 BAD_INPUTS = [
     ("rows must be float32 or int8", lambda q, r, r8, s: sd.topk(q, r.astype(np.float64), 3)),
     ("rows must be float32 or int8", lambda q, r, r8, s: sd.topk(q, r.astype(np.int16), 3)),
-    ("C-contiguous", lambda q, r, r8, s: sd.topk(q, np.asfortranarray(r), 3)),
-    ("C-contiguous", lambda q, r, r8, s: sd.topk(q, r[:, ::2], 3)),
+    ("contiguous in the last axis", lambda q, r, r8, s: sd.topk(q, np.asfortranarray(r), 3)),
+    ("contiguous in the last axis", lambda q, r, r8, s: sd.topk(q, r[:, ::2], 3)),
     ("rows must be 2-D", lambda q, r, r8, s: sd.topk(q, r[0], 3)),
     ("dimension mismatch", lambda q, r, r8, s: sd.topk(q[:5], r, 3)),
     ("NaN or inf", lambda q, r, r8, s: sd.topk(np.where(np.arange(16) == 3, np.nan, q), r, 3)),
@@ -374,3 +374,31 @@ def test_env_var_with_unavailable_isa_is_a_clear_error():
     out = _isa_in_subprocess(missing)
     assert out.returncode != 0
     assert "SHELFRANK_FORCE_ISA" in out.stderr and "capabilities()" in out.stderr
+
+
+@pytest.mark.parametrize("view", ["row-slice", "leading-columns", "reversed-rows"])
+def test_any_row_stride_contiguous_in_the_last_axis(isa, view):
+    # a view whose rows are contiguous is scanned in place, with the packed copy's exact bits
+    rng = np.random.default_rng(33)
+    wide = unit_rows(rng, 3001, 200)
+    wide8, wscales = sd.quantize_rows(wide)
+    if view == "row-slice":
+        pick = (slice(None, None, 3), slice(None))
+    else:
+        pick = (slice(None), slice(0, 97))
+    rows, rows8, scales = wide[pick], wide8[pick], np.ascontiguousarray(wscales[pick[0]])
+    if view == "reversed-rows":  # a negative row stride is refused with the fix, not misread
+        with pytest.raises(InputError, match="contiguous in the last axis with a positive row stride"):
+            sd.topk(unit_rows(rng, 1, 200)[0], wide[::-1], 5)
+        return
+    assert not rows.flags.c_contiguous and rows.strides[1] == rows.itemsize
+    qs = unit_rows(rng, 3, rows.shape[1])
+    for threads in (1, 2):
+        got = sd.topk(qs, rows8, 17, scales=scales, threads=threads)
+        want = sd.topk(qs, np.ascontiguousarray(rows8), 17, scales=np.ascontiguousarray(scales))
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1].view(np.uint32), want[1].view(np.uint32))
+        got = sd.topk(qs, rows, 17, threads=threads)
+        want = sd.topk(qs, np.ascontiguousarray(rows), 17)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1].view(np.uint32), want[1].view(np.uint32))

@@ -274,3 +274,20 @@ def test_bad_input_is_refused_with_a_fix():
         bad = real_like(rng, 4, 97)
         bad[2, 5] = np.inf
         kn.binary_codes(bad, mean=mean)
+
+
+def test_strided_rows_give_the_packed_bits(isa):
+    rng = np.random.default_rng(8)
+    wide = real_like(rng, 4000, 300)
+    wide8, wscales = kn.quantize_rows(wide)
+    rows8, scales = wide8[::2, :97], np.ascontiguousarray(wscales[::2])  # a row stride of 600 bytes
+    packed = np.ascontiguousarray(rows8)
+    mean = (packed.astype(np.float32) * scales[:, None]).mean(axis=0).astype(np.float32)
+    codes = kn.binary_codes(rows8, scales=scales, mean=mean)
+    np.testing.assert_array_equal(codes, kn.binary_codes(packed, scales=scales, mean=mean))
+    np.testing.assert_array_equal(kn.binary_codes(wide[::2, :97], mean=mean), codes_ref(wide[::2, :97], mean))
+    qs = real_like(rng, 3, 97)
+    same_bits(
+        kn.topk_two_pass(qs, rows8, 10, codes=codes, mean=mean, r=100, scales=scales),
+        kn.topk_two_pass(qs, packed, 10, codes=codes, mean=mean, r=100, scales=scales),
+    )

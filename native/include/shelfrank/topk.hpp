@@ -77,9 +77,10 @@ struct TopkParams {
     size_t batch = 1;      // queries
     int threads = 1;       // scan split into this many contiguous row ranges
     const uint8_t* mask = nullptr;  // n bytes, nonzero = eligible; null = all
+    size_t row_stride = 0;  // elements from one row to the next; 0 = d (rows packed)
 };
 
-// Queries are fp32 (batch × d). Results: out_ids/out_scores are batch × k, best first; ties go to
+// Queries are fp32 (batch × d); row i starts at rows + i * row_stride. Results: out_ids/out_scores are batch × k, best first; ties go to
 // the lower row; rows whose score is NaN never appear; unfilled slots are id -1, score -inf.
 void topk_f32(const float* queries, const float* rows, const TopkParams& p,
               const IsaKernels& isa, int64_t* out_ids, float* out_scores);
@@ -93,9 +94,11 @@ void topk_i8(const float* queries, const int8_t* rows, const float* scales, cons
 // Row i's code is out + i*code_bytes(d). int8 rows use value = float(x) * scale_i (one float32
 // multiply, as numpy's rows.astype(float32) * scales[:, None]).
 inline size_t code_bytes(size_t d) { return (d + 7) / 8; }
-void binary_codes_f32(const float* rows, size_t n, size_t d, const float* mean, uint8_t* out, int threads);
+// `row_stride`: elements from one row to the next (0 = d).
+void binary_codes_f32(const float* rows, size_t n, size_t d, const float* mean, uint8_t* out, int threads,
+                      size_t row_stride = 0);
 void binary_codes_i8(const int8_t* rows, const float* scales, size_t n, size_t d, const float* mean, uint8_t* out,
-                     int threads);
+                     int threads, size_t row_stride = 0);
 
 // First pass alone: for each query (coded against `mean`), the `r` eligible rows with the smallest
 // Hamming distance, best first (distance asc, row asc); unfilled slots are id -1, distance -1.
