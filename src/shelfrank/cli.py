@@ -193,7 +193,7 @@ def _print_json_or(args: argparse.Namespace, data: dict) -> None:
 
 
 def _cmd_flash(args: argparse.Namespace) -> int:
-    from shelfrank.flash import flash
+    from shelfrank.deploy.flash import flash
 
     res = flash(
         args.bundle,
@@ -219,14 +219,15 @@ def _cmd_flash(args: argparse.Namespace) -> int:
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
-    from shelfrank.flash import health
+    from shelfrank.deploy.flash import health
 
     print(json.dumps(health(args.bundle, public_key=args.public_key, state=args.state, board=args.board)))
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from shelfrank.flash import SshTarget, make_target, remote_call, status_local
+    from shelfrank.deploy.flash import remote_call, status_local
+    from shelfrank.deploy.target import SshTarget, make_target
 
     if isinstance(make_target(args.prefix), SshTarget):  # a malformed ssh:/… is refused, not a folder
         _print_json_or(args, remote_call(args.prefix, "status", args.python))
@@ -236,7 +237,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from shelfrank.flash import SshTarget, make_target, remote_call, rollback_local
+    from shelfrank.deploy.flash import remote_call, rollback_local
+    from shelfrank.deploy.target import SshTarget, make_target
 
     if isinstance(make_target(args.prefix), SshTarget):  # a malformed ssh:/… is refused, not a folder
         _print_json_or(args, remote_call(args.prefix, "rollback", args.python))
