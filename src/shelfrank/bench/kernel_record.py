@@ -106,6 +106,7 @@ class TwoPassSweepRow:
     r: int = col("R")
     recall_at_10_vs_exact_int8: float = col("recall@10 vs exact int8", ".4f")
     ms_p50: float = col("two-pass p50 ms", ".3f")
+    exact_int8_ms_p50: float = col("exact int8 p50 ms (same sweep)", ".3f")
     speedup: float = col("speed-up vs exact int8 ×", ".2f")
 
 
