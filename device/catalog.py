@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import mmap
-import os
 import sqlite3
 from array import array
 from collections.abc import Mapping, Sequence
@@ -16,7 +14,7 @@ import numpy as np
 
 from shelfrank.device.catalog_files import NEIGHBOR_FILES, TEXT_FILES
 from shelfrank.device.codes import CODES_FILE, check_codes, check_mean
-from shelfrank.device.columns import IdIndex, Strings, load_strings
+from shelfrank.device.columns import IdIndex, Strings, load_strings, release_pages, release_strings
 from shelfrank.device.formats import REASONS as REASONS  # re-exported: what Item.reason takes
 from shelfrank.device.formats import ROW_SCALE_MAX
 from shelfrank.device.formats import SCORE_KINDS as SCORE_KINDS  # and Item.score_kind
@@ -118,9 +116,9 @@ class Catalog:
         self.neighbors = load_neighbors(root, n)
         self.codes, self.mean = load_codes(root, n, dim, mean)
         if self.planner.choose(self, 10) == "two_pass":
-            # a two-pass query reads a few hundred scattered rows: no readahead around them, so the
-            # rows' pages that come into memory are the rescored ones (docs/device.md, "Memory")
-            _advise_random(mapped, root / "emb.i8.npy")
+            # a two-pass query reads a few hundred scattered rows: only those rows' pages are to come
+            # into memory (device/columns.release_pages; docs/device.md, "Memory")
+            release_pages(mapped, root / "emb.i8.npy")
         # Everything a query returns is held in compact columns read once from SQLite: no Python
         # object per item (docs/device.md, "Memory"): ids and titles each in one UTF-8 blob with
         # offsets (device/columns.py; memory-mapped from the catalog's ids.*/titles.* files when it
@@ -176,6 +174,9 @@ class Catalog:
                 f"{root / TEXT_FILES[bad[0]]}: row {bad[1]} disagrees with items.sqlite; re-export the bundle "
                 "or republish the catalog"
             )
+        for strings, name in ((mapped_ids, "ids"), (mapped_titles, "titles")):
+            if strings is not None:  # checked: from here on only what a query reads comes in
+                release_strings(strings, root / TEXT_FILES[name], root / TEXT_FILES[name[:-1] + "_ends"])
         #: the item id of every row (a read-only sequence of str)
         self.item_ids = mapped_ids if mapped_ids is not None else Strings(ids, id_ends)
         self._titles = mapped_titles if mapped_titles is not None else Strings(titles, title_ends)
@@ -370,26 +371,6 @@ def _str_list(key: str, value: Any) -> list[str]:
     if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
         return list(value)
     raise InputError(f"where[{key!r}] must be a string or a list of strings, got {value!r}")
-
-
-def _advise_random(mapped: np.memmap, path: Path) -> None:
-    """For a catalog the two-pass scan serves: ``madvise(MADV_RANDOM)`` on its rows' mapping (no
-    readahead around a rescored row), and the rows dropped from the page cache
-    (``POSIX_FADV_DONTNEED``: the signature check has just read the whole file, and the kernel maps
-    cached neighbours of a faulting page, whole large folios, into the process), so that the rows
-    which come into memory are the rescored ones. Advice only: where the platform lacks it, nothing."""
-    mm = getattr(mapped, "_mmap", None)
-    try:
-        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
-            mm.madvise(mmap.MADV_RANDOM)
-        if hasattr(os, "posix_fadvise"):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-    except OSError as e:
-        logger.debug("%s: madvise/fadvise failed: %s", path, e)
 
 
 def load_codes(root: Path, n: int, dim: int, mean: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -18,7 +18,7 @@ from typing import overload
 
 import numpy as np
 
-__all__ = ["IdIndex", "Strings", "load_strings", "write_strings"]
+__all__ = ["IdIndex", "Strings", "load_strings", "release_pages", "release_strings", "write_strings"]
 
 
 class Strings(Sequence[str]):
@@ -83,6 +83,32 @@ class Strings(Sequence[str]):
         return self._blob.nbytes + self._ends.nbytes
 
 
+def release_pages(mapped: object, path: Path) -> None:
+    """Keep only the pages a query will read of a memory-mapped file: the pages an open-time check
+    touched are unmapped (``MADV_DONTNEED``: the file is read-only, nothing is lost), later faults
+    bring no readahead (``MADV_RANDOM``), and the file's cached pages are dropped
+    (``POSIX_FADV_DONTNEED``: the kernel maps the cached neighbours of a faulting page, whole large
+    folios, into the process). Advice only: where the platform lacks it, nothing happens."""
+    import logging
+    import mmap
+    import os
+
+    mm = getattr(mapped, "_mmap", None)
+    try:
+        if mm is not None and hasattr(mm, "madvise"):
+            for advice in ("MADV_DONTNEED", "MADV_RANDOM"):
+                if hasattr(mmap, advice):
+                    mm.madvise(getattr(mmap, advice))
+        if hasattr(os, "posix_fadvise"):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    except OSError as e:
+        logging.getLogger(__name__).debug("%s: madvise/fadvise failed: %s", path, e)
+
+
 def write_strings(blob_path: Path, ends_path: Path, values: Iterable[str]) -> None:
     """``values`` as a uint8 .npy of their UTF-8 bytes and an int64 .npy of their end offsets."""
     blob, ends = bytearray(), array("q")
@@ -123,6 +149,13 @@ def load_strings(blob_path: Path, ends_path: Path, n: int) -> Strings | None:
     if prev != len(blob):
         raise BundleError(f"{ends_path}: the last offset {prev} is not the blob's length {len(blob)}; {fix}")
     return Strings(blob, ends)
+
+
+def release_strings(strings: Strings, blob_path: Path, ends_path: Path) -> None:
+    """:func:`release_pages` on both files of memory-mapped :class:`Strings` (after the open checks)."""
+    blob, ends = strings._keep
+    release_pages(blob, blob_path)
+    release_pages(ends, ends_path)
 
 
 class IdIndex(Mapping[str, int]):
