@@ -42,7 +42,7 @@ def tower_inputs(histories: Sequence[Sequence[Step]], max_events: int) -> tuple[
     for j, h in enumerate(histories):
         recent = list(h[-max_events:])[::-1]
         if recent:
-            r, a = zip(*recent)
+            r, a = zip(*recent, strict=True)
             rows[j, : len(r)] = r
             acts[j, : len(r)] = a
             mask[j, : len(r)] = 1.0
@@ -57,4 +57,4 @@ def tower_feed(
     ``actions`` and ``mask``. ``vectors`` maps 1-D catalog rows to their (len, d) float32 vectors."""
     rows, acts, mask = tower_inputs(histories, max_events)
     vecs = vectors(rows.reshape(-1)).reshape(*rows.shape, -1)
-    return dict(zip(TOWER_INPUTS, (vecs, acts, mask)))
+    return dict(zip(TOWER_INPUTS, (vecs, acts, mask), strict=True))

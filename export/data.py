@@ -94,7 +94,7 @@ class Dataset:
         """
         seqs: list[list[tuple[int, int]]] = [[] for _ in self.users]
         ev = self.events
-        for u, i, a in zip(ev.user.tolist(), ev.item.tolist(), ev.action.tolist()):
+        for u, i, a in zip(ev.user.tolist(), ev.item.tolist(), ev.action.tolist(), strict=True):
             add_step(seqs[u], i, a)
         return seqs
 
@@ -444,7 +444,7 @@ def time_split(ds: Dataset, *, valid_frac: float = 0.1, test_frac: float = 0.1) 
     train, valid, test = [], [], []
     before: list[list[tuple[int, int]]] = []
     per_user: list[list[tuple[int, int, float]]] = [[] for _ in ds.users]
-    for u, i, a, t in zip(ds.events.user.tolist(), ds.events.item.tolist(), ds.events.action.tolist(), ts):
+    for u, i, a, t in zip(ds.events.user.tolist(), ds.events.item.tolist(), ds.events.action.tolist(), ts, strict=True):
         s = per_user[u]
         if s and s[-1][0] == i:
             if a > s[-1][1]:

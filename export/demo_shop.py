@@ -128,7 +128,7 @@ def make_demo_shop(n_items: int = 3000, n_users: int = 4000, *, seed: int = 0) -
 
     prices = np.asarray(price_col)
     by_cat = [np.flatnonzero(cat_of_item == ci) for ci in range(len(cats))]
-    brand_idx = np.asarray([brands_of[c].index(b) for c, b in zip(cat_col, brand_col)])
+    brand_idx = np.asarray([brands_of[c].index(b) for c, b in zip(cat_col, brand_col, strict=True)])
     appeal = rng.lognormal(0.0, 1.0, n_items)  # some products are simply more popular
 
     users, u_col, i_col, a_col, t_col = [], [], [], [], []

@@ -13,11 +13,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from shelfrank.device.history import tower_inputs
 from shelfrank.device.ranker import RankerParams, fuse, mmr, pop_feature
 from shelfrank.export import evaluate as ev
 from shelfrank.export.data import Split
@@ -84,10 +84,19 @@ def build_table(seqs: list, n: int, m: int, **similarity: Any) -> tuple[np.ndarr
 
 
 class Features:
-    """Per batch of histories: tower cosines (history masked or not), co-occurrence and repeat scores."""
+    """Per batch of histories: tower cosines (history masked or not), co-occurrence and repeat scores.
 
-    def __init__(self, tower: np.ndarray, cooc: np.ndarray, repeat: np.ndarray, seen: tuple[np.ndarray, np.ndarray]):
-        self.tower, self.cooc, self.repeat, self.seen = tower, cooc, repeat, seen
+    The repeat scores are kept sparse (``steps``: decay^age × action weight of the recent steps) and
+    made dense only when read: with seen items excluded, nothing reads them.
+    """
+
+    def __init__(self, tower: np.ndarray, cooc: np.ndarray, steps: Any, seen: tuple[np.ndarray, np.ndarray]):
+        self.tower, self.cooc, self.steps, self.seen = tower, cooc, steps, seen
+
+    @cached_property
+    def repeat(self) -> np.ndarray:
+        """(B, N) float32 repeat scores."""
+        return self.steps.toarray().astype(np.float32)
 
 
 def _step_matrix(hs: list[History], n: int, params: RankerParams) -> Any:
@@ -110,10 +119,9 @@ def features(hs: list[History], users: np.ndarray, rows: np.ndarray, table: Any,
     tower = (users @ rows.T).astype(np.float32)
     q = _step_matrix(hs, n, params)
     cooc = (q @ table).toarray() if table is not None else np.zeros_like(tower)
-    rep = q.toarray()
     hb = np.fromiter((b for b, h in enumerate(hs) for _ in h), np.int64)
     hi = np.fromiter((r for h in hs for r, _ in h), np.int64)
-    return Features(tower, cooc.astype(np.float32), rep.astype(np.float32), (hb, hi))
+    return Features(tower, cooc.astype(np.float32), q, (hb, hi))
 
 
 def candidates(f: Features, params: RankerParams, exclude_seen: bool):
@@ -139,16 +147,6 @@ def hybrid_scores(f: Features, pop: np.ndarray, params: RankerParams, *, exclude
     if exclude_seen:
         out[f.seen] = -np.inf
     return out.astype(np.float32)
-
-
-def tower_user_fn(run: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], max_events: int) -> UserFn:
-    """Wrap a tower (``run(rows, actions, mask) -> (B, d)``) as histories -> user vectors."""
-
-    def users(hs: list[History]) -> np.ndarray:
-        r, a, m = tower_inputs(hs, max_events)
-        return run(r, a, m)
-
-    return users
 
 
 def precompute(cases: list, user_fn: UserFn, batch: int = 512) -> np.ndarray:
@@ -333,10 +331,6 @@ def popularity_feature(seqs: list, n: int) -> np.ndarray:
     return pop_feature(ev.popularity_scores(seqs, n))
 
 
-def known(split: Split, for_test: bool) -> list:
-    return ev.known_sequences(split, for_test=for_test)
-
-
 # ---- one context for every model the report ranks ----------------------------------------------
 
 
@@ -367,10 +361,10 @@ class Context:
         self.valid = valid
         self.m = neighbors
         self.similarity = dict(similarity or {})
-        _, _, self.fit_table = build_table(known(split, False), n, neighbors, **self.similarity)
-        _, _, self.test_table = build_table(known(split, True), n, neighbors, **self.similarity)
-        self.fit_pop = popularity_feature(known(split, False), n)
-        self.test_pop = popularity_feature(known(split, True), n)
+        _, _, self.fit_table = build_table(ev.known_sequences(split, for_test=False), n, neighbors, **self.similarity)
+        _, _, self.test_table = build_table(ev.known_sequences(split, for_test=True), n, neighbors, **self.similarity)
+        self.fit_pop = popularity_feature(ev.known_sequences(split, for_test=False), n)
+        self.test_pop = popularity_feature(ev.known_sequences(split, for_test=True), n)
         in_hist = sum(1 for _, h, t in split.valid if any(r == t for r, _ in h))
         self.repeat_share = in_hist / max(1, len(split.valid))
         # a shop whose next items are often already in the history: measure the repeat term

@@ -1,4 +1,5 @@
-"""ONNX export, dynamic int8 quantisation, the fp16 encoder for GPU providers, and the parity gates."""
+"""ONNX export, dynamic int8 quantisation, the fp16 encoder for GPU providers (gated, with its manifest
+entry), and the parity gates."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from shelfrank.device.encoder import TextEncoder
+from shelfrank.device.history import TOWER_INPUTS
 from shelfrank.errors import ParityError
 from shelfrank.export.models import MeanPoolEncoder, SequenceTower
 
@@ -57,8 +60,8 @@ def export_tower(tower: SequenceTower, path: str | Path) -> Path:
     path = Path(path)
     L, d = tower.max_events, tower.dim
     args = (torch.zeros(1, L, d), torch.zeros(1, L, dtype=torch.long), torch.ones(1, L))
-    dyn = {"item_vecs": {0: "batch"}, "actions": {0: "batch"}, "mask": {0: "batch"}, "user": {0: "batch"}}
-    _export(tower, args, path, ["item_vecs", "actions", "mask"], "user", dyn)
+    dyn = {name: {0: "batch"} for name in (*TOWER_INPUTS, "user")}
+    _export(tower, args, path, list(TOWER_INPUTS), "user", dyn)
     return path
 
 
@@ -105,7 +108,7 @@ def parity(
     cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     ia, _ = topk(a, catalog_fp32, k)
     ib, _ = topk(b, catalog_fp32, k)
-    overlap = np.mean([len(set(x) & set(y)) / k for x, y in zip(ia.tolist(), ib.tolist())])
+    overlap = np.mean([len(set(x) & set(y)) / k for x, y in zip(ia.tolist(), ib.tolist(), strict=True)])
     return {
         "mean_cos": float(cos.mean()),
         "min_cos": float(cos.min()),
@@ -125,3 +128,54 @@ def parity_gate(
             f"top-10 overlap {figures['top10_overlap']:.3f} (need ≥ {min_overlap}) on {figures['texts']} "
             "held-out texts; no bundle written"
         )
+
+
+def fp16_encoder(
+    work: Path,
+    tok_path: Path,
+    max_len: int,
+    held: list[str],
+    enc32,
+    enc8,
+    s32_rows: np.ndarray,
+    s8_rows: np.ndarray,
+    thresholds: tuple[float, float],
+) -> dict[str, Any]:
+    """``work/encoder_fp16.onnx`` from the fp32 student, gated against fp32 and against the int8 encoder.
+
+    Measured with onnxruntime's CPU provider, which runs the float16 graph correctly but inserts
+    float32 Casts around the nodes it has no float16 kernel for (MatMul, Add, Softmax's parts…): the
+    figures bound the float16 weights and the float16 nodes it does run, not a GPU's float16
+    arithmetic.
+    """
+    path = convert_fp16(work / "student_fp32.onnx", work / "encoder_fp16.onnx")
+    enc16 = TextEncoder(path, tok_path, max_len=max_len)
+    figures = {
+        "vs_fp32": parity(enc32, enc16, held, s32_rows),
+        # the device mixes fp16 search queries with the int8 encoder's catalog rows
+        "vs_int8": parity(enc8, enc16, held, s8_rows),
+        "provider": "CPUExecutionProvider",
+        "file_mb": round(path.stat().st_size / 1e6, 2),
+    }
+    for name, what in (("vs_fp32", "the fp32 student"), ("vs_int8", "the int8 encoder (whose rows the catalog holds)")):
+        f = figures[name]
+        logger.info(
+            "parity fp16 vs %s: mean cos %.5f, min %.5f, top-10 overlap %.3f",
+            name[3:],
+            f["mean_cos"],
+            f["min_cos"],
+            f["top10_overlap"],
+        )
+        parity_gate(f, min_cos=thresholds[0], min_overlap=thresholds[1], what=f"fp16 encoder (against {what})")
+    return figures
+
+
+def fp16_manifest(figures: dict[str, Any]) -> dict[str, Any]:
+    keep = ("mean_cos", "min_cos", "top10_overlap", "texts")
+    return {
+        "precision": "fp16",
+        "io": "int64 input_ids/attention_mask → float32 embedding (as the int8 encoder)",
+        "source": "the fp32 student, onnxruntime.transformers.float16 (keep_io_types)",
+        "for": "gpu_providers of a board config (CUDA, TensorRT); the catalog rows stay the int8 encoder's",
+        "parity": {k: {m: figures[k][m] for m in keep} for k in ("vs_fp32", "vs_int8")},
+    }

@@ -102,7 +102,7 @@ def query_sets(ds: Dataset, *, n: int, seed: int) -> dict[str, list[tuple[str, l
 
 def _metrics(results: list[np.ndarray], hits: list[list[int]]) -> dict[str, float]:
     r1 = r10 = mrr = 0.0
-    for rows, want in zip(results, hits):
+    for rows, want in zip(results, hits, strict=True):
         top = rows[:K].tolist()
         w = set(want)
         first = next((i for i, r in enumerate(top) if r in w), None)
@@ -127,7 +127,10 @@ def fit_params(
     for name, qs in sets.items():
         texts = [clean_query(q) for q, _ in qs]
         vecs = encoder.encode(texts)
-        prepared[name] = ([candidates(cat, v, t, K, None, base) for t, v in zip(texts, vecs)], [h for _, h in qs])
+        prepared[name] = (
+            [candidates(cat, v, t, K, None, base) for t, v in zip(texts, vecs, strict=True)],
+            [h for _, h in qs],
+        )
     table = []
     for w in W_LEXICAL_GRID:
         p = SearchParams(w_dense=1.0, w_lexical=w, candidates=base.candidates)
@@ -210,7 +213,7 @@ def evaluate_search(
         hits = [h for _, h in qs]
         report["sets"][name] = {}
         for mode in MODES:
-            out = [ranked(cat, v, t, K, None, mode=mode, params=p)[0] for t, v in zip(texts, vecs)]
+            out = [ranked(cat, v, t, K, None, mode=mode, params=p)[0] for t, v in zip(texts, vecs, strict=True)]
             report["sets"][name][mode] = _metrics(out, hits)
     lat_q = [q for q, _ in sets["exact_title"][: max(1, latency_runs)]]
     report["latency_ms"] = {}

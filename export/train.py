@@ -92,7 +92,7 @@ def transition_pairs(train: Sequence[Steps], *, window: int = 1) -> np.ndarray:
     for seq in train:
         items = [i for i, _ in seq]
         for w in range(1, window + 1):
-            out.extend(zip(items[:-w], items[w:]))
+            out.extend(zip(items[:-w], items[w:], strict=True))
     pairs = np.asarray(out, np.int64).reshape(-1, 2)
     return pairs[pairs[:, 0] != pairs[:, 1]]
 
@@ -171,9 +171,6 @@ def train_encoder(
 # ---- the sequence user tower ----------------------------------------------------------------
 
 
-history_arrays = tower_inputs  # the device builds its tower input with the same function
-
-
 def tower_case_index(train: Sequence[Steps]) -> tuple[np.ndarray, np.ndarray]:
     """Every (prefix, next item) case of the training sequences as (sequence, position) int64 rows.
 
@@ -189,13 +186,13 @@ def tower_case_index(train: Sequence[Steps]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _case_histories(train: Sequence[Steps], seq: np.ndarray, pos: np.ndarray, max_events: int) -> list[Steps]:
-    return [train[s][max(0, t - max_events) : t] for s, t in zip(seq.tolist(), pos.tolist())]
+    return [train[s][max(0, t - max_events) : t] for s, t in zip(seq.tolist(), pos.tolist(), strict=True)]
 
 
 def tower_cases(train: Sequence[Steps], max_events: int) -> tuple[list[Steps], np.ndarray]:
     """Every (prefix, next item) of the training sequences."""
     seq, pos = tower_case_index(train)
-    targets = np.asarray([train[s][t][0] for s, t in zip(seq.tolist(), pos.tolist())], np.int64)
+    targets = np.asarray([train[s][t][0] for s, t in zip(seq.tolist(), pos.tolist(), strict=True)], np.int64)
     return _case_histories(train, seq, pos, max_events), targets
 
 
@@ -249,7 +246,7 @@ def tower_scores(
     with torch.inference_mode():
         model.eval()
         v = model.item_vectors() if v is None else v
-        rows, acts, mask = (torch.from_numpy(a) for a in history_arrays(histories, max_events))
+        rows, acts, mask = (torch.from_numpy(a) for a in tower_inputs(histories, max_events))
         u = model(rows, acts, mask, v)
         return (u @ v.T).numpy()
 
@@ -281,7 +278,9 @@ def train_tower(
         state = {k: v for k, v in init.state_dict().items() if k != "base"}
         model.load_state_dict(state, strict=False)
     c_seq, c_pos = tower_case_index(train)
-    t_targets = torch.from_numpy(np.asarray([train[s][t][0] for s, t in zip(c_seq.tolist(), c_pos.tolist())], np.int64))
+    t_targets = torch.from_numpy(
+        np.asarray([train[s][t][0] for s, t in zip(c_seq.tolist(), c_pos.tolist(), strict=True)], np.int64)
+    )
     n_cases = len(t_targets)
     per_epoch = n_cases if cfg.max_cases is None else min(n_cases, cfg.max_cases)
     if per_epoch < n_cases:
@@ -317,7 +316,7 @@ def train_tower(
         for s in range(steps_per_epoch):
             idx = perm[s * cfg.batch : (s + 1) * cfg.batch]
             hists = _case_histories(train, c_seq[idx], c_pos[idx], cfg.max_events)
-            h_rows, h_acts, h_mask = (torch.from_numpy(a) for a in history_arrays(hists, cfg.max_events))
+            h_rows, h_acts, h_mask = (torch.from_numpy(a) for a in tower_inputs(hists, cfg.max_events))
             idx = torch.from_numpy(idx)
             v = model.item_vectors()
             u = model(h_rows, h_acts, h_mask, v)

@@ -85,7 +85,7 @@ def expect_error(fn, *, file: Path, line: int | None, field: str | None):
 
 
 def test_load_items_csv_and_jsonl_agree(tmp_path: Path, items_csv: Path):
-    recs = [dict(zip(ITEM_HEADER, r)) for r in ITEMS]
+    recs = [dict(zip(ITEM_HEADER, r, strict=True)) for r in ITEMS]
     recs[1]["brand"] = None
     recs[1]["price"] = None
     recs[1]["in_stock"] = False
@@ -417,7 +417,7 @@ def test_evaluate_hand_made_ranks():
     for k in (1, 2, 4):
         hits = [x is not None and x < k for x in ranks]
         assert r[f"recall@{k}"] == pytest.approx(np.mean(hits))
-        nd = [1 / np.log2(x + 2) if h else 0.0 for x, h in zip(ranks, hits)]
+        nd = [1 / np.log2(x + 2) if h else 0.0 for x, h in zip(ranks, hits, strict=True)]
         assert r[f"ndcg@{k}"] == pytest.approx(np.mean(nd))
     assert r["cases"] == 4 and r["target_in_history"] == 1 and r["sample"] is None
     # without masking, case 2's target stays at rank 2 (0.9, 0.9 above) and case 3 becomes rank 0
@@ -684,7 +684,7 @@ def test_export_help_says_what_ts_takes(capsys):
     assert "ISO 8601" in out and "epoch seconds" in out and "UTC" in out and "--split" in out
 
 
-# ---- --resume fingerprints (export/pipeline.py _Stages; no torch) ------------------------------
+# ---- --resume fingerprints (export/stages.py WorkFolder; no torch) -----------------------------
 
 
 def _teacher_dir(path: Path, weights: bytes = b"w") -> Path:
@@ -699,22 +699,23 @@ def _teacher_dir(path: Path, weights: bytes = b"w") -> Path:
 def test_resume_fingerprint_refuses_other_input(tmp_path: Path):
     from dataclasses import replace
 
-    from shelfrank.export.pipeline import PRESETS, _Stages
+    from shelfrank.export.pipeline import PRESETS
+    from shelfrank.export.stages import WorkFolder
 
     ds = _dataset([[1, 2, 3, 4], [5, 6, 7]], [[1.0, 2.0, 3.0, 4.0], [1.5, 2.5, 3.5]])
     teacher = _teacher_dir(tmp_path / "bert")
     quick = PRESETS["quick"]
-    fp = _Stages.fingerprint_of(ds, quick, teacher, None)
-    assert fp == _Stages.fingerprint_of(ds, quick, teacher, leave_one_out(ds))  # None = the default split
+    fp = WorkFolder.fingerprint_of(ds, quick, teacher, None)
+    assert fp == WorkFolder.fingerprint_of(ds, quick, teacher, leave_one_out(ds))  # None = the default split
     work = tmp_path / "out.work"
 
-    st = _Stages(work, False, fp)
+    st = WorkFolder(work, False, fp)
     assert not st.have("teacher.pt")
     (work / "teacher.pt").write_bytes(b"ckpt")
-    st.done("fine-tune teacher", st.start("fine-tune teacher"))
+    st.completed("teacher.pt")
     assert not st.have("student.pt")  # claimed, never written: an interrupted stage
     # the same input resumes the finished checkpoint only
-    st2 = _Stages(work, True, _Stages.fingerprint_of(ds, quick, teacher, None))
+    st2 = WorkFolder(work, True, WorkFolder.fingerprint_of(ds, quick, teacher, None))
     assert st2.have("teacher.pt") and not st2.have("student.pt")
     assert json.loads((work / "fingerprint.json").read_text())["fingerprint"] == fp
 
@@ -723,48 +724,48 @@ def test_resume_fingerprint_refuses_other_input(tmp_path: Path):
     other_titles.catalog.titles[3] = "a new title"
     other_ts = _dataset([[1, 2, 3, 4], [5, 6, 7]], [[1.0, 2.0, 3.0, 4.0], [1.5, 2.5, 9.5]])
     cases = {
-        "dataset": _Stages.fingerprint_of(other_events, quick, teacher, None),
-        "dataset ": _Stages.fingerprint_of(other_titles, quick, teacher, None),
-        "dataset  ": _Stages.fingerprint_of(other_ts, quick, teacher, None),
-        "preset": _Stages.fingerprint_of(ds, PRESETS["full"], teacher, None),
-        "preset ": _Stages.fingerprint_of(ds, replace(quick, teacher_steps=81), teacher, None),
-        "teacher": _Stages.fingerprint_of(ds, quick, _teacher_dir(tmp_path / "bert2", b"other"), None),
-        "split": _Stages.fingerprint_of(ds, quick, teacher, time_split(ds)),
+        "dataset": WorkFolder.fingerprint_of(other_events, quick, teacher, None),
+        "dataset ": WorkFolder.fingerprint_of(other_titles, quick, teacher, None),
+        "dataset  ": WorkFolder.fingerprint_of(other_ts, quick, teacher, None),
+        "preset": WorkFolder.fingerprint_of(ds, PRESETS["full"], teacher, None),
+        "preset ": WorkFolder.fingerprint_of(ds, replace(quick, teacher_steps=81), teacher, None),
+        "teacher": WorkFolder.fingerprint_of(ds, quick, _teacher_dir(tmp_path / "bert2", b"other"), None),
+        "split": WorkFolder.fingerprint_of(ds, quick, teacher, time_split(ds)),
     }
     for part, other in cases.items():
         with pytest.raises(ExportValidationError) as ei:
-            _Stages(work, True, other)
+            WorkFolder(work, True, other)
         msg = str(ei.value)
         assert str(work) in msg and "--resume" in msg and re.search(rf"\b{part.strip()}( \w+)? was", msg), msg
         assert sum(bool(re.search(rf"\b{k}( \w+)? was", msg)) for k in fp) == 1, msg  # only what changed
         if part == "preset ":
             assert "preset teacher_steps was 80, now 81" in msg and "max_len" not in msg, msg
     # the refusals left the folder as it was: the original input still resumes
-    assert _Stages(work, True, fp).have("teacher.pt")
+    assert WorkFolder(work, True, fp).have("teacher.pt")
     # a README beside the weights is not part of the teacher
     (teacher / "README.md").write_text("edited")
-    assert _Stages.fingerprint_of(ds, quick, teacher, None) == fp
+    assert WorkFolder.fingerprint_of(ds, quick, teacher, None) == fp
 
     # a fresh run over the folder with other input: the old checkpoint stops counting at once
-    _Stages(work, False, cases["preset"])
-    assert not _Stages(work, True, cases["preset"]).have("teacher.pt")
+    WorkFolder(work, False, cases["preset"])
+    assert not WorkFolder(work, True, cases["preset"]).have("teacher.pt")
     assert not (work / "teacher.pt").exists()
 
 
 def test_resume_refuses_checkpoints_without_fingerprint(tmp_path: Path):
-    from shelfrank.export.pipeline import _Stages
+    from shelfrank.export.stages import WorkFolder
 
     work = tmp_path / "old.work"
     work.mkdir()
     (work / "export.log").write_text("log")
-    _Stages(work, True, {"dataset": "d"})  # only a log: nothing to mistrust
+    WorkFolder(work, True, {"dataset": "d"})  # only a log: nothing to mistrust
     (work / "fingerprint.json").unlink()
     (work / "teacher.pt").write_bytes(b"from an older shelfrank")
     with pytest.raises(ExportValidationError, match=r"without a fingerprint\.json"):
-        _Stages(work, True, {"dataset": "d"})
+        WorkFolder(work, True, {"dataset": "d"})
     (work / "fingerprint.json").write_text("{not json")
     with pytest.raises(ExportValidationError, match="unreadable"):
-        _Stages(work, True, {"dataset": "d"})
+        WorkFolder(work, True, {"dataset": "d"})
 
 
 # ---- the tower's budgets: inside the batch loop, and cases bounded by the data -----------------

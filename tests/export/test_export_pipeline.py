@@ -221,7 +221,7 @@ def test_fp16_parity_gate_names_the_fp16_encoder():
 
 def test_report_warns_loudly_when_a_baseline_wins():
     """A shop where item-kNN out-ranks the bundle: a warning line per metric, in quality.json and quality.md."""
-    from shelfrank.export.pipeline import _warnings, render_quality
+    from shelfrank.export.report import baseline_warnings, render_quality
 
     row = {"recall@10": 0.2, "recall@50": 0.4, "coverage@10": 0.5, "diversity@10": 0.3, "cases": 10}
     models = {
@@ -229,7 +229,7 @@ def test_report_warns_loudly_when_a_baseline_wins():
         "item-kNN": {**row, "ndcg@10": 0.12, "recall@10": 0.25},
         "student int8 hybrid (the bundle)": {**row, "ndcg@10": 0.10},
     }
-    warnings = _warnings(models)
+    warnings = baseline_warnings(models)
     assert warnings == [
         "WARNING: the bundle ranks below item-kNN on NDCG@10: 0.1000 < 0.1200",
         "WARNING: the bundle ranks below item-kNN on Recall@10: 0.2000 < 0.2500",
@@ -249,4 +249,4 @@ def test_report_warns_loudly_when_a_baseline_wins():
     assert "**WARNING: the bundle ranks below item-kNN on NDCG@10" in md
     models["item-kNN"]["ndcg@10"] = 0.05
     models["item-kNN"]["recall@10"] = 0.1
-    assert _warnings(models) == []
+    assert baseline_warnings(models) == []
