@@ -14,8 +14,9 @@ import math
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -232,13 +233,15 @@ class Service:
             a.user_ids, a.k, exclude_seen=a.exclude_seen, where=_where(a.where), diversity=a.diversity, ranker=a.ranker
         )
         return fmt.RecommendManyResponse(
-            version, [fmt.UserItems(u, _items(items)) for u, items in zip(a.user_ids, lists)]
+            version, [fmt.UserItems(u, _items(items)) for u, items in zip(a.user_ids, lists, strict=True)]
         )
 
     def _search_many(self, a: fmt.SearchManyRequest) -> fmt.SearchManyResponse:
         version = self.rec.catalog.version
         lists = self.rec.search_many(a.texts, a.k, where=_where(a.where))
-        return fmt.SearchManyResponse(version, [fmt.TextItems(t, _items(items)) for t, items in zip(a.texts, lists)])
+        return fmt.SearchManyResponse(
+            version, [fmt.TextItems(t, _items(items)) for t, items in zip(a.texts, lists, strict=True)]
+        )
 
     def _history(self, a: fmt.UserRequest) -> fmt.HistoryResponse:
         events = [fmt.Event(e.item_id, e.action, e.ts) for e in self.rec.history(a.user_id)]

@@ -121,7 +121,7 @@ class _SocketReader(io.RawIOBase):
         self._sock.settimeout(timeout)
         try:
             return self._sock.recv_into(buffer)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 raise _RequestDeadline("the request deadline passed") from None
             raise
@@ -172,7 +172,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._dispatch()
         except _RequestDeadline:
             self._timed_out()
-        except (socket.timeout, TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             self.close_connection = True  # an idle or vanished client: nothing to answer
         finally:
             self._reader.deadline = None

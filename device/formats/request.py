@@ -47,7 +47,7 @@ RequestItemId = Annotated[
 #: a count of items. A JSON Schema "integer" is any number with no fraction (3.0 too), so the
 #: contract is a number that is a multiple of 1, made an int on decoding (see _Body.__post_init__)
 ItemCount = Annotated[float, Meta(ge=1, le=MAX_K, multiple_of=1, description="How many items to return.")]
-StringOrList = Annotated[typing.Union[str, list[str]], Meta(description="A string or a list of strings.")]
+StringOrList = Annotated[str | list[str], Meta(description="A string or a list of strings.")]
 Action = typing.Literal[ACTIONS]  # type: ignore[valid-type]  # view, click, cart, purchase
 _UNSET = msgspec.UNSET
 
@@ -122,6 +122,15 @@ class _RecommendOptions(_Listing):
     ] = "hybrid"
 
 
+def _batch(item: Any, most: int, what: str) -> Any:
+    """A batch field: 1 to ``most`` inputs, one result list each, in the request's order."""
+    description = f"The {what} (1 to {most}); one result list each, in this order."
+    return Annotated[list[item], Meta(min_length=1, max_length=most, description=description)]
+
+
+UserIds = _batch(RequestUserId, MAX_BATCH_USERS, "shoppers")
+
+
 class RecommendRequest(_RecommendOptions, kw_only=True):
     user_id: RequestUserId
 
@@ -129,14 +138,7 @@ class RecommendRequest(_RecommendOptions, kw_only=True):
 class RecommendManyRequest(_RecommendOptions, kw_only=True):
     """``recommend`` for many shoppers at once: the same options for all of them."""
 
-    user_ids: Annotated[
-        list[RequestUserId],
-        Meta(
-            min_length=1,
-            max_length=MAX_BATCH_USERS,
-            description=f"The shoppers (1 to {MAX_BATCH_USERS}); one result list each, in this order.",
-        ),
-    ]
+    user_ids: UserIds
 
 
 class SimilarRequest(_Listing, kw_only=True):
@@ -154,6 +156,9 @@ SearchText = Annotated[
 ]
 
 
+Texts = _batch(SearchText, MAX_BATCH_TEXTS, "queries")
+
+
 class SearchRequest(_Listing, kw_only=True):
     text: SearchText
     #: hybrid (lexical + dense, fused), dense (the encoder alone) or lexical (the FTS index alone)
@@ -163,14 +168,7 @@ class SearchRequest(_Listing, kw_only=True):
 class SearchManyRequest(_Listing, kw_only=True):
     """``search`` for many texts at once: the same options for all of them."""
 
-    texts: Annotated[
-        list[SearchText],
-        Meta(
-            min_length=1,
-            max_length=MAX_BATCH_TEXTS,
-            description=f"The queries (1 to {MAX_BATCH_TEXTS}); one result list each, in this order.",
-        ),
-    ]
+    texts: Texts
 
 
 class UserRequest(_Body):

@@ -29,7 +29,7 @@ def test_diversity_and_ranker_are_passed_through(hybrid_client, hybrid_rec):
     ids = hybrid_rec.catalog.item_ids
     nbrs = hybrid_rec.catalog.neighbor_ids
     rows = [int(r) for r in (nbrs >= 0).sum(1).argsort()[::-1][:4]]  # items with the most neighbours
-    for r, action in zip(rows, ("view", "click", "cart", "purchase")):
+    for r, action in zip(rows, ("view", "click", "cart", "purchase"), strict=False):
         assert hybrid_client.post("/v1/record", {"user_id": "u", "item_id": ids[r], "action": action})[0] == 200
     answers = {}
     for body in (
