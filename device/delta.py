@@ -1,5 +1,5 @@
 """A catalog delta on the device: decoded and checked (``read_delta``), then applied to the catalog
-it starts from (``apply_delta``). The wire format is ``device/formats.py``'s (DeltaChanges,
+it starts from (``apply_delta``). The wire format is ``device/formats/index.py``'s (DeltaChanges,
 DELTA_FILES); device/sync.py fetches the files.
 """
 

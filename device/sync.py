@@ -2,7 +2,7 @@
 
 TUF-style, simplified: the index must verify against the pinned publisher key, must not be older
 than what the device serves (rollback) nor expired (freeze), and must be for the bundle's own
-encoder. Its wire format (index, delta) is defined once, in ``device/formats.py``, for ``publish``
+encoder. Its wire format (index, delta) is defined once, in ``device/formats/index.py``, for ``publish``
 and for this reader. Files download with resume (HTTP Range) into ``state/downloads/`` and are
 checked against their sha256 before use. Every read is bounded in size and time
 (device/sync_sources.py); a delta is decoded, checked and applied by device/delta.py.

@@ -6,7 +6,7 @@ The output folder can be served by any static HTTP server or CDN, or read as a d
     snapshots/<v>/             items.sqlite, emb.i8.npy, scale.f32.npy  (the whole catalog v)
     deltas/<v-1>-<v>/          changes.json, rows.i8.npy, scales.f32.npy (removes + upserts)
 
-The index and ``changes.json`` are the typed structs of ``device/formats.py`` (``IndexSigned``,
+The index and ``changes.json`` are the typed structs of ``device/formats/index.py`` (``IndexSigned``,
 ``DeltaChanges``), the ones ``sync`` decodes: what this writes is checked against the same
 constraints before it is signed.
 
