@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -402,3 +403,27 @@ def test_any_row_stride_contiguous_in_the_last_axis(isa, view):
         want = sd.topk(qs, np.ascontiguousarray(rows), 17)
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1].view(np.uint32), want[1].view(np.uint32))
+
+
+def test_thread_pool_serves_concurrent_callers_and_a_forked_child():
+    # the persistent pool: callers racing for it (the GIL is released) and a child forked after
+    # the pool started (its threads do not exist there) all get the single-thread result
+    rng = np.random.default_rng(41)
+    rows = unit_rows(rng, 40_000, 64)
+    q = rows[7]
+    want = sd.topk(q, rows, 9)
+    assert (sd.topk(q, rows, 9, threads=2)[0] == want[0]).all()
+    got = []
+    workers = [threading.Thread(target=lambda: got.append(sd.topk(q, rows, 9, threads=3)[0])) for _ in range(6)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert len(got) == 6 and all((g == want[0]).all() for g in got)
+    with warnings.catch_warnings():  # Python 3.12+ warns about fork() with threads alive: that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        os._exit(0 if (sd.topk(q, rows, 9, threads=2)[0] == want[0]).all() else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
