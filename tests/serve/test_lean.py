@@ -34,3 +34,28 @@ def test_the_cli_serve_path_does_not_import_the_export_stage():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _imported(module: str) -> set[str]:
+    """Every module a file of device/ imports, anywhere in it (functions and TYPE_CHECKING too)."""
+    import ast
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "device" / f"{module}.py"
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def test_the_endpoints_never_see_http_and_the_transport_never_sees_the_recommender():
+    http_side = ("http", "http.server", "socket", "socketserver", "shelfrank.device.routes", "shelfrank.device.serve")
+    recommender_side = ("shelfrank.device.Recommender", "shelfrank.device.recommender", "shelfrank.device.endpoints")
+    assert set(http_side) & _imported("endpoints") == set()
+    assert set(recommender_side) & _imported("serve") == set()
+    assert {"http.server", "socket", "socketserver", "shelfrank.device.recommender"} & _imported("routes") == set()
+    assert "shelfrank.device.routes" in _imported("serve")  # the check reads real imports
