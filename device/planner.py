@@ -39,7 +39,7 @@ __all__ = ["AUTO_MIN_ITEMS", "DEFAULT_R", "FIRST_PASS", "MAX_R", "SCANS", "Plann
 #: what :attr:`Planner.counts` and :attr:`Planner.last` record per scan
 SCANS = ("exact", "two_pass")
 #: ``auto`` picks the two-pass scan from this many catalog rows (the measured crossover, docs/device.md)
-AUTO_MIN_ITEMS = 50_000
+AUTO_MIN_ITEMS = 20_000
 #: candidates kept by the first pass by default (recall@10 against exact int8 in docs/device.md)
 DEFAULT_R = FIRST_PASS_R_DEFAULT
 #: the most candidates a board may ask the first pass to keep (formats.board.FIRST_PASS_R_MAX)

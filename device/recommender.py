@@ -2,7 +2,8 @@
 
 Everything a query needs is in memory or memory-mapped after ``open``; a query is the user tower
 (a small ONNX model over the stored rows of the shopper's recent items: no text encoder call)
-plus one native int8 top-k scan of the catalog. The text encoder is loaded on the first
+plus one native top-k scan of the catalog (exact int8, or two-pass over the catalog's binary codes:
+the scan planner, device/planner.py). The text encoder is loaded on the first
 ``search`` so that opening stays fast.
 """
 
