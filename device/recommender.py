@@ -9,7 +9,6 @@ the scan planner, device/planner.py). The text encoder is loaded on the first
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -28,6 +27,7 @@ from shelfrank.device.history import collapse, tower_feed
 from shelfrank.device.hybrid import hybrid, reasons
 from shelfrank.device.planner import Planner
 from shelfrank.device.ranker import RankerParams, mmr, step_weights
+from shelfrank.device.state import state_dir_for as _state_dir_for
 from shelfrank.device.text import ACTION_IDS
 from shelfrank.errors import BundleError, InputError
 
@@ -35,26 +35,6 @@ logger = logging.getLogger(__name__)
 
 #: shoppers per batch top-k scan in :meth:`Recommender.recommend_many` (the kernel's sweet spot)
 BATCH = 64
-
-
-def _state_dir_for(bundle: Path, explicit: str | Path | None) -> Path:
-    """``PREFIX/state`` for a flashed layout, else $SHELFRANK_STATE, else a per-bundle user folder
-    (``$XDG_STATE_HOME/shelfrank/<bundle>-<hash>``, ``~/.local/state`` when that is unset or not absolute)."""
-    if explicit is not None:
-        return Path(explicit)
-    from shelfrank.deploy.target import TargetLayout
-
-    layout = TargetLayout.holding(bundle)  # PREFIX/current or a slot of a flashed PREFIX
-    if layout is not None:
-        return layout.local(layout.STATE)
-    if os.environ.get("SHELFRANK_STATE"):
-        return Path(os.environ["SHELFRANK_STATE"])
-    # the XDG base-directory spec: an unset, empty or relative XDG_STATE_HOME is ignored (a relative
-    # one would put shopper history wherever the process happened to start)
-    xdg = os.environ.get("XDG_STATE_HOME", "")
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "state"
-    real = bundle.resolve()
-    return base / "shelfrank" / f"{real.name}-{hashlib.sha256(str(real).encode()).hexdigest()[:12]}"
 
 
 class Recommender:
