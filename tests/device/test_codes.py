@@ -284,3 +284,30 @@ def test_an_old_bundle_without_codes_opens_and_serves_exactly(own_bundle, rec, t
         assert r.planner.counts == {"exact": 2, "two_pass": 0}
     finally:
         r.close()
+
+
+def test_the_board_sets_the_planner(bundle_and_key, tmp_path):
+    board = tmp_path / "b.toml"
+    board.write_text(BOARD + 'first_pass = "binary"\nfirst_pass_r = 40\n')
+    r = Recommender.open(bundle_and_key[0], public_key=bundle_and_key[1], state_dir=tmp_path / "s", board=str(board))
+    try:
+        assert (r.planner.first_pass, r.planner.r) == ("binary", 40) and r.catalog.planner is r.planner
+        r.similar(r.catalog.item_ids[0], k=5)
+        assert r.planner.last == "two_pass"
+    finally:
+        r.close()
+
+
+def test_synced_codes_of_another_mean_are_not_used(published, tmp_path):
+    r = Recommender.open(published["bundle"], public_key=published["pub"], state_dir=tmp_path / "state")
+    r.sync(published["dir"])
+    path = r.catalog.root
+    r.close()
+    meta = json.loads((path / "meta.json").read_text())
+    assert len(meta["codes_mean"]) == 32
+    (path / "meta.json").write_text(json.dumps({**meta, "codes_mean": "0" * 32}))  # a re-export since
+    r = Recommender.open(published["bundle"], public_key=published["pub"], state_dir=tmp_path / "state")
+    try:
+        assert r.catalog.version == 3 and r.catalog.codes is None  # exact scans until the next sync
+    finally:
+        r.close()
