@@ -22,7 +22,7 @@ keeps ``max(r, want)`` candidates, so the first pass never starves the rescore.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -31,8 +31,17 @@ from shelfrank.device.kernel import topk as exact_topk
 from shelfrank.device.kernel import topk_two_pass
 from shelfrank.errors import InputError
 
-if TYPE_CHECKING:
-    from shelfrank.device.catalog import Catalog
+
+class Catalog(Protocol):
+    """What the planner reads of a catalog (``shelfrank.device.catalog.Catalog``)."""
+
+    rows: np.ndarray
+    scales: np.ndarray
+    codes: np.ndarray | None
+    mean: np.ndarray | None
+
+    def __len__(self) -> int: ...
+
 
 __all__ = ["AUTO_MIN_ITEMS", "DEFAULT_R", "FIRST_PASS", "MAX_R", "SCANS", "Planner", "two_pass_topk"]
 
