@@ -344,10 +344,12 @@ class Catalog:
             m &= self.in_stock == where["in_stock"]
         if where.get("allow_ids") is not None:
             allow = np.zeros(len(self), bool)
-            allow[[self.index[i] for i in _str_list("allow_ids", where["allow_ids"]) if i in self.index]] = True
+            rows = self.index.rows_of(_str_list("allow_ids", where["allow_ids"]))
+            allow[rows[rows >= 0]] = True
             m &= allow
         if where.get("deny_ids") is not None:
-            m[[self.index[i] for i in _str_list("deny_ids", where["deny_ids"]) if i in self.index]] = False
+            rows = self.index.rows_of(_str_list("deny_ids", where["deny_ids"]))
+            m[rows[rows >= 0]] = False
         return m
 
 

@@ -273,7 +273,8 @@ class Recommender:
             else self.events.history(user_id, limit=self.max_events * 4)
         )
         # items a sync removed are kept in the history but ignored
-        steps = collapse((cat.index[e.item_id], ACTION_IDS[e.action]) for e in recent if e.item_id in cat.index)
+        rows = cat.index.rows_of([e.item_id for e in recent]).tolist()  # -1: not in this catalog
+        steps = collapse((r, ACTION_IDS[e.action]) for r, e in zip(rows, recent, strict=True) if r >= 0)
         vec = None
         if steps:
             (u,) = self._tower.run(["user"], tower_feed([steps], self.max_events, cat.vectors))
@@ -405,8 +406,10 @@ class Recommender:
         """What a recommend call reads about one shopper, read once."""
         gen = self.events.generation(user_id)
         events = self.events.history(user_id)  # read once: for the seen rows and the user vector
-        index = cat.index
-        seen = frozenset(index[e.item_id] for e in events if e.item_id in index) if exclude_seen else frozenset()
+        seen: frozenset[int] = frozenset()
+        if exclude_seen:  # one batch lookup of the history's ids (-1: a sync removed the item)
+            rows = cat.index.rows_of([e.item_id for e in events])
+            seen = frozenset(rows[rows >= 0].tolist())
         u, steps = self._user_state(user_id, cat, (gen, events))
         return _Shopper(u, steps, seen)
 
