@@ -225,7 +225,8 @@ class Service:
 
     def _search(self, a: fmt.SearchRequest) -> fmt.SearchResponse:
         version = self.rec.catalog.version
-        return fmt.SearchResponse(version, _items(self.rec.search(a.text, a.k, where=_where(a.where), mode=a.mode)))
+        items = self.rec.search(a.text, a.k, where=_where(a.where), mode=a.mode, user_id=a.user_id)
+        return fmt.SearchResponse(version, _items(items))
 
     def _recommend_many(self, a: fmt.RecommendManyRequest) -> fmt.RecommendManyResponse:
         version = self.rec.catalog.version

@@ -489,11 +489,13 @@ class Recommender:
         return [self.search(t, k, **options) for t in _str_seq("texts", texts)]
 
     def search(
-        self, text: str, k: int = 10, *, where: Mapping[str, Any] | None = None, mode: str = "hybrid"
+        self, text: str, k: int = 10, *, where: Mapping[str, Any] | None = None, mode: str = "hybrid", user_id=None
     ) -> list[Item]:
         """Items matching a free-text query (device/search.py): ``mode="hybrid"`` fuses the catalog's
         FTS5 index (BM25, typo-corrected) with the encoder's dense scan (dense-only when the catalog
-        has no usable FTS index); ``"dense"`` or ``"lexical"`` runs one of them alone.
+        has no usable FTS index); ``"dense"`` or ``"lexical"`` runs one of them alone. ``user_id``
+        (hybrid only, off by default) personalises it: the shopper's user vector re-ranks the fused
+        candidates (``search.personal``).
 
         Raises:
             InputError: text not a string or only whitespace, k not a positive integer, an unknown
@@ -504,7 +506,10 @@ class Recommender:
         cat = self.catalog  # one consistent catalog for the whole call
         params = srch.SearchParams.from_manifest(self.manifest.search)
         enc = None if mode == "lexical" else self.encoder
-        rows, scores = srch.search(cat, enc, text, k, where=where, mode=mode, params=params, threads=self.threads)
+        u = srch.personal(mode, user_id, lambda uid: self.user_vector(uid, cat))
+        rows, scores = srch.search(
+            cat, enc, text, k, where=where, mode=mode, params=params, threads=self.threads, user=u
+        )
         kind = "lexical" if mode == "lexical" else "fused" if mode == "hybrid" and cat.lexical.available else "cosine"
         return cat.items(rows.tolist(), scores.tolist(), score_kind=kind)
 

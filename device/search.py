@@ -15,6 +15,13 @@ query word of ≥ 4 letters that no catalog item holds is replaced by the most f
 one edit away (an adjacent swap, a dropped, doubled, inserted or substituted letter), when there
 is one. Rank fusion (RRF) was measured against this score and lost: an item only one retriever
 finds at rank 1 loses to items both find further down (docs/search.md).
+
+Personalised search (optional per call, hybrid mode only): with the shopper's user vector u (the
+user tower over their history, as ``recommend`` uses it) the fused score gains a small re-rank
+term over the same candidates, ``+ w_user · cos(u, v_j)``, so the items like what the shopper
+keeps choosing move up among those the query found; no history, no term (the plain search).
+``w_user`` was picked by a measurement on the demo shop's held-out shoppers
+(scripts/bench_search_personal.py, docs/search.md).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -49,6 +56,8 @@ MIN_TYPO_LEN = 4
 RARE_SHARE = 0.02
 RARE_MIN = 200
 MAX_OR_TERMS = 8
+#: personalised search's re-rank weight (scripts/bench_search_personal.py picks it; docs/search.md)
+W_USER = 0.3
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -61,9 +70,11 @@ class SearchParams:
     w_dense: float = 1.0
     w_lexical: float = 0.5
     candidates: int = 100
+    #: the weight of cos(user vector, item) in a personalised search (none without a user)
+    w_user: float = W_USER
 
     def __post_init__(self) -> None:
-        for name in ("w_dense", "w_lexical"):
+        for name in ("w_dense", "w_lexical", "w_user"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1e6:
                 raise BundleError(f"search.{name} must be a finite number in [0, 1e6], got {v!r}")
@@ -82,7 +93,7 @@ class SearchParams:
             return cls()
         if not isinstance(entry, Mapping) or entry.get("kind") != KIND:
             raise BundleError(f"manifest search entry must be an object of kind {KIND!r}, got {entry!r:.200}")
-        fields = {f: entry[f] for f in ("w_dense", "w_lexical", "candidates") if f in entry}
+        fields = {f: entry[f] for f in ("w_dense", "w_lexical", "candidates", "w_user") if f in entry}
         return cls(**fields)
 
     def to_manifest(self) -> dict[str, Any]:
@@ -254,10 +265,18 @@ def candidates(
 
 
 def fuse(
-    cand: np.ndarray, cos: np.ndarray, lex: np.ndarray, params: SearchParams, k: int
+    cand: np.ndarray,
+    cos: np.ndarray,
+    lex: np.ndarray,
+    params: SearchParams,
+    k: int,
+    user_cos: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The k best (rows, fused scores) of the candidates: w_dense · cosine + w_lexical · lexical."""
+    """The k best (rows, fused scores) of the candidates: w_dense · cosine + w_lexical · lexical
+    (+ w_user · ``user_cos``, the candidates' cosine to the shopper's vector, when given)."""
     score = np.float32(params.w_dense) * cos + np.float32(params.w_lexical) * lex
+    if user_cos is not None:
+        score = score + np.float32(params.w_user) * np.asarray(user_cos, np.float32)
     o = order(score, cand)[:k]
     return cand[o], score[o]
 
@@ -272,17 +291,19 @@ def search(
     mode: str = "hybrid",
     params: SearchParams | None = None,
     threads: int = 1,
+    user: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k best rows for a free-text query and their scores, best first.
 
     ``mode``: ``"hybrid"`` (fused; dense-only when the catalog has no usable FTS index),
     ``"dense"`` (the encoder's vector scan; score = cosine) or ``"lexical"`` (FTS only; score =
     −BM25, the rows holding every word first; fewer than k when fewer items match). No default
-    filter: an out-of-stock item is found unless ``where`` says otherwise.
+    filter: an out-of-stock item is found unless ``where`` says otherwise. ``user``: the shopper's
+    user vector, for a personalised search (hybrid only; see :func:`personal`).
 
     Raises:
         InputError: text not a string or only whitespace, k not a positive integer, an unknown
-            mode or a bad filter.
+            mode, a user vector outside the hybrid mode or a bad filter.
     """
     if mode not in MODES:
         raise InputError(f"search mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -294,7 +315,24 @@ def search(
     if mode != "lexical" and encoder is None:
         raise InputError(f"search mode {mode!r} needs the text encoder")
     q = None if mode == "lexical" else encoder.encode([text])[0]
-    return ranked(cat, q, text, k, mask, mode=mode, params=p, threads=threads)
+    return ranked(cat, q, text, k, mask, mode=mode, params=p, threads=threads, user=user)
+
+
+def personal(mode: str, user_id: str | None, user_vector: Callable[[str], np.ndarray | None]) -> np.ndarray | None:
+    """The user vector a ``search(..., user_id=...)`` call blends in: None without a user id, or for
+    a shopper with no usable history (their search is the plain one); ``user_vector`` is how the
+    caller makes it (``Recommender.user_vector``).
+
+    Raises:
+        InputError: a user id that is not a non-empty string, or one given outside the hybrid mode.
+    """
+    if user_id is None:
+        return None
+    if not isinstance(user_id, str) or not user_id:
+        raise InputError(f"user_id must be a non-empty string, got {user_id!r}")
+    if mode != "hybrid":
+        raise InputError(f"personalised search (user_id) needs mode 'hybrid', got mode {mode!r}")
+    return user_vector(user_id)
 
 
 def ranked(
@@ -307,14 +345,29 @@ def ranked(
     mode: str,
     params: SearchParams,
     threads: int = 1,
+    user: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`search` for a cleaned query whose vector ``q`` is already made (the export embeds its
-    query sets in batches): the k best (rows, scores)."""
+    query sets in batches): the k best (rows, scores). ``user``: the shopper's vector (hybrid
+    only): the fused candidates re-ranked with ``w_user · cos(user, item)``; on a catalog without
+    FTS the candidates are the dense scan's ``max(candidates, k)`` best."""
+    if user is not None and mode != "hybrid":
+        raise InputError(f"personalised search (a user) needs mode 'hybrid', got mode {mode!r}")
     if mode == "lexical":
         rows, scores, n_all = lexical(cat, text, k, mask)
         return rows, lexical_scores(scores, n_all)
     if q is None:
         raise InputError(f"search mode {mode!r} needs the query vector")
+    personalised = user is not None and params.w_user > 0
     if mode == "dense" or not cat.lexical.available:
-        return dense(cat, q, k, mask, threads=threads)
-    return fuse(*candidates(cat, q, text, k, mask, params, threads=threads), params, k)
+        if not personalised:
+            return dense(cat, q, k, mask, threads=threads)
+        rows, _ = dense(cat, q, max(params.candidates, k), mask, threads=threads)
+        cand = np.sort(rows)
+        v = cat.vectors(cand)
+        cos = (v @ np.asarray(q, np.float32)).astype(np.float32)
+        return fuse(cand, cos, np.zeros(len(cand), np.float32), params, k, v @ np.asarray(user, np.float32))
+    cand, cos, lex = candidates(cat, q, text, k, mask, params, threads=threads)
+    if not personalised:
+        return fuse(cand, cos, lex, params, k)
+    return fuse(cand, cos, lex, params, k, cat.vectors(cand) @ np.asarray(user, np.float32))

@@ -163,6 +163,8 @@ class SearchRequest(_Listing, kw_only=True):
     text: SearchText
     #: hybrid (lexical + dense, fused), dense (the encoder alone) or lexical (the FTS index alone)
     mode: typing.Literal["hybrid", "dense", "lexical"] = "hybrid"
+    #: personalised search (hybrid only, off by default): this shopper's history re-ranks the results
+    user_id: RequestUserId | None = None
 
 
 class SearchManyRequest(_Listing, kw_only=True):

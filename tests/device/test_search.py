@@ -102,14 +102,15 @@ def _ref_bm25(items: list[dict], words: list[str], prefix_last: bool, any_word: 
         dl = sum(len(t) for t in cols[r])
         s = 0.0
         for i, h in enumerate(per):
-            f = sum(wt * x for wt, x in zip(lx.COLUMN_WEIGHTS, h))
+            f = sum(wt * x for wt, x in zip(lx.COLUMN_WEIGHTS, h, strict=True))
             s += idf[i] * f * 2.2 / (f + 1.2 * (0.25 + 0.75 * dl / avgdl))
         out[r] = s
     return out
 
 
-def _ref_search(cat: Catalog, items, text, k, mask, p, enc) -> list[tuple[int, float]]:
-    """The fused ranking recomputed from its definition with every row a candidate (candidates ≥ N)."""
+def _ref_search(cat: Catalog, items, text, k, mask, p, enc, user=None) -> list[tuple[int, float]]:
+    """The fused ranking recomputed from its definition with every row a candidate (candidates ≥ N);
+    ``user``: a personalised search's user vector (+ w_user · its cosine to each row)."""
     text = srch.clean_query(text)
     q = enc.encode([text])[0].astype(np.float64)
     words, prefix = srch.query_words(text, cat.lexical)
@@ -129,7 +130,8 @@ def _ref_search(cat: Catalog, items, text, k, mask, p, enc) -> list[tuple[int, f
     for r in allowed:
         v = cat.rows[r].astype(np.float64) * float(cat.scales[r])
         f = p.w_lexical * (max(lex.get(r, 0.0), 0.0) / top if top > 0 else 0.0)
-        scored.append((-(p.w_dense * float(v @ q) + f), r))
+        personal = 0.0 if user is None else p.w_user * float(v @ np.asarray(user, np.float64))
+        scored.append((-(p.w_dense * float(v @ q) + f + personal), r))
     scored.sort()
     return [(r, -s) for s, r in scored[:k]]
 
