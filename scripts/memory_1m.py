@@ -3,7 +3,7 @@
 Builds signed bundles on /tmp (cached: a second run reuses them) whose catalog is real embeddings
 expanded to N — the all-MiniLM-L6-v2 embeddings of the Amazon Games titles
 (``bench.kernel_data.load_real_embeddings``: $SHELFRANK_DATA or ``--real-embeddings NPY``), item j
-being ``normalise(e[j mod M] + σ·g)`` (σ = 0.02 per coordinate for the copies, as
+being ``normalise(e[j mod M] + σ·g)`` (σ = 0.05 per coordinate for the copies, as
 ``shelfrank bench kernel``'s two-pass rows), int8-quantised — with the tiny test encoder and user
 tower of ``shelfrank.testing`` (384-d). Each measurement is a fresh process: open the bundle, 20
 shoppers with 10 events each, 50 ``recommend`` calls; it reports the peak (VmHWM) and the final
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 WORK = Path(os.environ.get("SHELFRANK_MEM_DIR", "/tmp/shelfrank-mem"))
-NOISE = 0.02
+NOISE = 0.05
 USERS, EVENTS, CALLS = 20, 10, 50
 _CHUNK = 65_536
 VARIANTS = ("", " (Black)", " (Blue)", " - Refurbished", " Bundle", " (Red)", " Deluxe", " (White)")

@@ -1,6 +1,6 @@
 """Where the two-pass scan starts to pay: exact int8 vs two-pass (R = the planner's default) p50 per
 catalog size, 1 thread, batch 1, k = 10, on the Games titles' real embeddings expanded to N as in
-scripts/memory_1m.py (σ = 0.02), with recall@10 of the two-pass against exact. The planner's
+scripts/memory_1m.py (σ = 0.05), with recall@10 of the two-pass against exact. The planner's
 ``AUTO_MIN_ITEMS`` is set from this (docs/device.md, "The scan planner").
 
     .venv/bin/python scripts/planner_crossover.py [--sizes 5000,10000,...] [--r 1000]
