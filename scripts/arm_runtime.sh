@@ -252,9 +252,9 @@ step_site() {
     [ -f "$NATIVE_DIR/$SO_NAME" ] || die "no $NATIVE_DIR/$SO_NAME: run the module step"
     layout "$SITE" "$NATIVE_DIR/$SO_NAME"
     local x86_so
-    x86_so="$("$VENV_PY" -c 'import glob, importlib.util, os
-spec = importlib.util.find_spec("shelfrank")
-print(*glob.glob(os.path.join(os.path.dirname(spec.origin), "_native*.so")))')"
+    # find_spec of the module itself: an editable install keeps the .so apart from the sources
+    x86_so="$("$VENV_PY" -c 'import importlib.util
+print(importlib.util.find_spec("shelfrank._native").origin)')"
     [ -f "$x86_so" ] || die "no x86 shelfrank._native in .venv: run scripts/setup.sh"
     local newest
     newest="$(find native -newer "$x86_so" -type f | head -3)"
