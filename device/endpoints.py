@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,6 +23,7 @@ import msgspec
 from shelfrank import __version__
 from shelfrank.device import formats as fmt
 from shelfrank.device.kernel import active_isa
+from shelfrank.device.metrics import Metrics, exposition
 from shelfrank.errors import ShelfrankError
 
 __all__ = ["OPERATIONS", "Operation", "Service", "ServiceClosing", "Unhealthy"]
@@ -73,6 +74,12 @@ OPERATIONS: dict[str, Operation] = {
         fmt.SearchManyRequest,
         fmt.SearchManyResponse,
         "search for many texts: one result list per text, in order, each equal to search's.",
+    ),
+    "impression": Operation(
+        fmt.ImpressionRequest,
+        fmt.ImpressionResponse,
+        "Record the items a surface showed the shopper (durable); a click on one within 30 minutes counts "
+        "for that surface's click-through in /metrics.",
     ),
     "history": Operation(
         fmt.UserRequest,
@@ -132,8 +139,7 @@ class Service:
         self._idle = threading.Condition(self._lock)
         self._inflight = 0
         self.closing = False
-        self._by_op: Counter[str] = Counter()
-        self._by_status: Counter[int] = Counter()
+        self.metrics = Metrics()
         self._refresh_lock = threading.Lock()
         self._next_refresh = 0.0
         self._handlers: dict[str, Callable[[Any], msgspec.Struct]] = {
@@ -143,6 +149,7 @@ class Service:
             "search": self._search,
             "recommend_many": self._recommend_many,
             "search_many": self._search_many,
+            "impression": self._impression,
             "history": self._history,
             "forget": self._forget,
             "health": self._health,
@@ -165,11 +172,33 @@ class Service:
         finally:
             self._leave()
 
-    def count(self, name: str, outcome: int) -> None:
-        """Count one answered request by operation and outcome (the status code ``status`` reports)."""
-        with self._lock:
-            self._by_op[name] += 1
-            self._by_status[outcome] += 1
+    def count(self, name: str, outcome: int, seconds: float | None = None) -> None:
+        """Count one answered request by operation and outcome (the status code ``status`` and
+        ``/metrics`` report); ``seconds``, the time it took, goes into the latency histogram."""
+        self.metrics.observe(name, outcome, seconds)
+
+    def exposition(self) -> bytes:
+        """The counters and the catalog's and surfaces' figures in the Prometheus text format (0.0.4)."""
+        rec = self.rec
+        cat = rec.catalog
+        return exposition(
+            self.metrics,
+            build={"version": __version__, "isa": active_isa()},
+            uptime_s=round(time.monotonic() - self._started_mono, 3),
+            catalog_version=cat.version,
+            catalog_items=len(cat),
+            sync_age_s=self._sync_age(cat),
+            surfaces=rec.events.click_through(),
+        )
+
+    def _sync_age(self, cat: Any) -> float | None:
+        """Seconds since the sync wrote the served catalog's folder (None: the bundle's own catalog)."""
+        if Path(cat.root) == Path(self.rec.bundle) / "catalog":
+            return None
+        try:
+            return round(max(0.0, time.time() - os.stat(cat.root).st_mtime), 3)
+        except OSError:
+            return None
 
     def _enter(self) -> bool:
         with self._lock:
@@ -244,6 +273,11 @@ class Service:
             version, [fmt.TextItems(t, _items(items)) for t, items in zip(a.texts, lists, strict=True)]
         )
 
+    def _impression(self, a: fmt.ImpressionRequest) -> fmt.ImpressionResponse:
+        ts = time.time() if a.ts is msgspec.UNSET else a.ts
+        surface = self.rec.record_impression(a.user_id, a.item_ids, a.surface, ts)
+        return fmt.ImpressionResponse(a.user_id, surface, len(a.item_ids), ts)
+
     def _history(self, a: fmt.UserRequest) -> fmt.HistoryResponse:
         events = [fmt.Event(e.item_id, e.action, e.ts) for e in self.rec.history(a.user_id)]
         return fmt.HistoryResponse(a.user_id, events)
@@ -266,8 +300,11 @@ class Service:
 
     def _status(self, _: None) -> fmt.StatusResponse:
         rec, cat, m = self.rec, self.rec.catalog, self.rec.manifest
-        with self._lock:
-            by_op, by_status = dict(self._by_op), {str(k): v for k, v in sorted(self._by_status.items())}
+        by_op: dict[str, int] = {}
+        by_status: dict[str, int] = {}
+        for (op, status), n in sorted(self.metrics.requests().items(), key=lambda kv: kv[0][1]):
+            by_op[op] = by_op.get(op, 0) + n
+            by_status[str(status)] = by_status.get(str(status), 0) + n
         return fmt.StatusResponse(
             service="shelfrank",
             version=__version__,

@@ -6,17 +6,26 @@ copy of their events stays in the files; when another connection's read keeps th
 says so (:class:`~shelfrank.errors.EventStoreBusyError`) and the store truncates it at its next
 write or on close. Shopper history is private whatever the umask: the state folder is created
 0700 and ``events.sqlite`` (whose mode SQLite copies to ``-wal`` and ``-shm``) 0600.
+
+Impressions (which items a surface showed a shopper) live in the same file and are joined with
+clicks on the device: a ``click`` on an item shown to the same shopper on a surface within
+``click_window`` seconds before it counts for that surface (the latest such impression, each
+impression at most once). The per-surface totals (items shown, clicks) carry no shopper and
+outlive ``forget``; the impression rows themselves are the shopper's, deleted by ``forget`` and
+dropped once they are older than the window (no click can join them any more).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import stat
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +37,14 @@ logger = logging.getLogger(__name__)
 STATE_DIR_MODE = 0o700
 EVENTS_FILE_MODE = 0o600  # SQLite gives -wal and -shm the database file's mode
 SIDE_FILES = ("-wal", "-shm", "-journal")
+#: a surface names where items were shown ("search", "home_row"): a short label, never a shopper
+SURFACE_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+#: distinct surfaces counted, OTHER_SURFACE included: impressions on any further one count for it
+MAX_SURFACES = 32
+OTHER_SURFACE = "other"
+#: seconds after an impression in which a click on the item counts for its surface
+CLICK_WINDOW = 1800.0
+_SURFACE = re.compile(SURFACE_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -47,10 +64,19 @@ class EventStore:
     """
 
     def __init__(
-        self, path: str | Path, *, max_history: int = 200, cache_users: int = 1024, checkpoint_timeout: float = 2.0
+        self,
+        path: str | Path,
+        *,
+        max_history: int = 200,
+        cache_users: int = 1024,
+        checkpoint_timeout: float = 2.0,
+        click_window: float = CLICK_WINDOW,
     ) -> None:
         if max_history < 1:
             raise InputError("max_history must be >= 1")
+        if not click_window > 0:
+            raise InputError(f"click_window must be > 0 seconds, got {click_window!r}")
+        self.click_window = float(click_window)
         self.path = Path(path)
         _private_files(self.path)
         self.max_history = int(max_history)
@@ -66,6 +92,17 @@ class EventStore:
             "item_id TEXT NOT NULL, action INTEGER NOT NULL, ts REAL NOT NULL)"
         )
         self._con.execute("CREATE INDEX IF NOT EXISTS events_user ON events (user_id, seq)")
+        self._con.execute(
+            "CREATE TABLE IF NOT EXISTS impressions (seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, "
+            "item_id TEXT NOT NULL, surface TEXT NOT NULL, ts REAL NOT NULL, clicked INTEGER NOT NULL DEFAULT 0)"
+        )
+        self._con.execute("CREATE INDEX IF NOT EXISTS impressions_join ON impressions (user_id, item_id, ts)")
+        self._con.execute("CREATE INDEX IF NOT EXISTS impressions_ts ON impressions (ts)")
+        self._con.execute(
+            "CREATE TABLE IF NOT EXISTS surfaces (surface TEXT PRIMARY KEY, shown INTEGER NOT NULL, "
+            "clicks INTEGER NOT NULL)"
+        )
+        self._surfaces = {r[0] for r in self._con.execute("SELECT surface FROM surfaces")}
         self._generation: dict[str, int] = {}
         self._recent: OrderedDict[str, list[Event]] = OrderedDict()  # user -> history, oldest first
         self._cache_users = int(cache_users)
@@ -74,17 +111,16 @@ class EventStore:
         _check_user(user_id)
         if action not in ACTION_IDS:
             raise InputError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
-        if ts is None:
-            ts = time.time()
-        elif isinstance(ts, bool) or not isinstance(ts, (int, float)) or ts != ts:
-            raise InputError(f"ts must be a number of seconds, got {ts!r}")
+        ts = _check_ts(ts)
         with self._lock:
             self._con.execute("BEGIN IMMEDIATE")
             try:
                 self._con.execute(
                     "INSERT INTO events (user_id, item_id, action, ts) VALUES (?,?,?,?)",
-                    (user_id, item_id, ACTION_IDS[action], float(ts)),
+                    (user_id, item_id, ACTION_IDS[action], ts),
                 )
+                if action == "click":
+                    self._join_click(user_id, item_id, ts)
                 self._con.execute(
                     "DELETE FROM events WHERE user_id = ? AND seq <= (SELECT seq FROM events WHERE user_id = ? "
                     "ORDER BY seq DESC LIMIT 1 OFFSET ?)",
@@ -99,7 +135,66 @@ class EventStore:
             self._generation[user_id] = self._generation.get(user_id, 0) + 1
             cached = self._recent.get(user_id)
             if cached is not None:  # a new list: callers may hold the old one
-                self._recent[user_id] = [*cached[-(self.max_history - 1) :], Event(item_id, action, float(ts))]
+                self._recent[user_id] = [*cached[-(self.max_history - 1) :], Event(item_id, action, ts)]
+
+    def _join_click(self, user_id: str, item_id: str, ts: float) -> None:
+        """In record's transaction: the click counts for the latest unclicked impression it follows."""
+        row = self._con.execute(
+            "SELECT seq, surface FROM impressions WHERE user_id = ? AND item_id = ? AND ts BETWEEN ? AND ? "
+            "AND clicked = 0 ORDER BY ts DESC, seq DESC LIMIT 1",
+            (user_id, item_id, ts - self.click_window, ts),
+        ).fetchone()
+        if row is not None:
+            self._con.execute("UPDATE impressions SET clicked = 1 WHERE seq = ?", (row[0],))
+            self._con.execute("UPDATE surfaces SET clicks = clicks + 1 WHERE surface = ?", (row[1],))
+
+    def record_impression(self, user_id: str, item_ids: Sequence[str], surface: str, ts: float | None = None) -> str:
+        """Store that ``item_ids`` were shown to the shopper on ``surface`` (durable before it returns).
+
+        Returns the surface they count for: ``surface``, or ``"other"`` once :data:`MAX_SURFACES`
+        distinct surfaces are counted.
+
+        Raises:
+            InputError: an empty user id, a surface not matching :data:`SURFACE_PATTERN`, no item
+                ids or one that is not a non-empty string, or a bad ``ts``.
+        """
+        _check_user(user_id)
+        if not isinstance(surface, str) or not _SURFACE.fullmatch(surface):
+            raise InputError(
+                f"surface must be a short lowercase name matching {SURFACE_PATTERN} (e.g. 'search'), got {surface!r}"
+            )
+        ids = [item_ids] if isinstance(item_ids, str) else list(item_ids)
+        if not ids or not all(isinstance(i, str) and i for i in ids):
+            raise InputError("item_ids must be a non-empty list of item ids")
+        ts = _check_ts(ts)
+        with self._lock:
+            if surface not in self._surfaces and len(self._surfaces | {OTHER_SURFACE}) >= MAX_SURFACES:
+                surface = OTHER_SURFACE
+            self._con.execute("BEGIN IMMEDIATE")
+            try:
+                self._con.executemany(
+                    "INSERT INTO impressions (user_id, item_id, surface, ts) VALUES (?,?,?,?)",
+                    [(user_id, i, surface, ts) for i in ids],
+                )
+                self._con.execute(
+                    "INSERT INTO surfaces (surface, shown, clicks) VALUES (?, ?, 0) "
+                    "ON CONFLICT (surface) DO UPDATE SET shown = shown + excluded.shown",
+                    (surface, len(ids)),
+                )
+                # rows no click at this time or later can join any more: the table stays window-sized
+                self._con.execute("DELETE FROM impressions WHERE ts < ?", (ts - self.click_window,))
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            self._surfaces.add(surface)
+        return surface
+
+    def click_through(self) -> dict[str, tuple[int, int]]:
+        """(items shown, clicks joined) per surface, since the state folder was made."""
+        with self._lock:
+            rows = self._con.execute("SELECT surface, shown, clicks FROM surfaces").fetchall()
+        return {s: (int(n), int(c)) for s, n, c in rows}
 
     def history(self, user_id: str, limit: int | None = None) -> list[Event]:
         """Events oldest first (the newest ``limit`` when given). Treat the list as read-only."""
@@ -136,6 +231,7 @@ class EventStore:
         _check_user(user_id)
         with self._lock:
             n = self._con.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
+            self._con.execute("DELETE FROM impressions WHERE user_id = ?", (user_id,))
             self._generation[user_id] = self._generation.get(user_id, 0) + 1
             self._recent.pop(user_id, None)
             if not self._truncate_wal(self.checkpoint_timeout):
@@ -186,6 +282,14 @@ def _private_files(db: Path) -> None:
                 os.chmod(path, EVENTS_FILE_MODE)
         except FileNotFoundError:
             pass
+
+
+def _check_ts(ts: float | None) -> float:
+    if ts is None:
+        return time.time()
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or ts != ts:
+        raise InputError(f"ts must be a number of seconds, got {ts!r}")
+    return float(ts)
 
 
 def _check_user(user_id: str) -> None:

@@ -220,6 +220,14 @@ class Recommender:
         self.catalog.row(item_id)
         self.events.record(user_id, item_id, action, ts)
 
+    def record_impression(self, user_id: str, item_ids: Sequence[str], surface: str, ts: float | None = None) -> str:
+        """Persist that ``item_ids`` were shown to the shopper on ``surface`` (click-through joined
+        on the device: :meth:`EventStore.record_impression`). Raises InputError, UnknownItemError."""
+        ids = _str_seq("item_ids", item_ids)
+        for item_id in ids:
+            self.catalog.row(item_id)
+        return self.events.record_impression(user_id, ids, surface, ts)
+
     def history(self, user_id: str) -> list[Event]:
         """The shopper's stored events, oldest first (``[]`` for an unknown or forgotten shopper).
 

@@ -9,7 +9,12 @@ recommender, and never a socket (the transport, :mod:`shelfrank.device.serve`, c
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import re
+import time
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import msgspec
@@ -18,6 +23,7 @@ from shelfrank import __version__
 from shelfrank.device import formats as fmt
 from shelfrank.device.endpoints import OPERATIONS, Service, ServiceClosing, Unhealthy, logger
 from shelfrank.device.formats import MAX_K
+from shelfrank.device.metrics import CONTENT_TYPE as METRICS_TYPE
 from shelfrank.errors import (
     EventStoreBusyError,
     InputError,
@@ -47,6 +53,7 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("POST", "/v1/search"): _Route("search", (404,), SEARCH_BODY),
     ("POST", "/v1/recommend_many"): _Route("recommend_many", (404,), MAX_BODY),
     ("POST", "/v1/search_many"): _Route("search_many", (404,), SEARCH_MANY_BODY),
+    ("POST", "/v1/impression"): _Route("impression", (404,), MAX_BODY),
     ("POST", "/v1/history"): _Route("history", (), SMALL_BODY),
     ("POST", "/v1/forget"): _Route("forget", (), SMALL_BODY),
     ("GET", "/v1/health"): _Route("health", (), SMALL_BODY),
@@ -56,6 +63,10 @@ _PATHS: dict[str, dict[str, str]] = {}
 for (_method, _path), _route in _ROUTES.items():
     _PATHS.setdefault(_path, {})[_method] = _route.name
 _PATHS["/openapi.json"] = {"GET": "openapi"}
+_PATHS["/metrics"] = {"GET": "metrics"}
+#: the kiosk page (``shelfrank serve --ui``): one HTML file shipped in the package, no build step
+UI_PAGE = Path(__file__).resolve().parent / "ui" / "kiosk.html"
+_UI_PATHS = {"/ui/": {"GET": "ui"}, "/ui": {"GET": "ui"}}
 
 _STATUS_TEXT = {
     200: "OK",
@@ -79,11 +90,11 @@ def _error_response(text: str) -> dict[str, Any]:
     }
 
 
-def openapi_spec() -> dict[str, Any]:
+def openapi_spec(*, ui: bool = False) -> dict[str, Any]:
     """The OpenAPI 3.1 description of the service (served at ``GET /openapi.json``).
 
     The schemas are generated from the request and response structs the service decodes and
-    encodes (:func:`shelfrank.device.formats.service_schemas`).
+    encodes (:func:`shelfrank.device.formats.service_schemas`). ``ui``: the kiosk page is served.
     """
     paths: dict[str, Any] = {}
     for (method, path), route in _ROUTES.items():
@@ -112,6 +123,27 @@ def openapi_spec() -> dict[str, Any]:
             "responses": {"200": {"description": "OpenAPI 3.1 document", "content": {"application/json": {}}}},
         }
     }
+    paths["/metrics"] = {
+        "get": {
+            "operationId": "metrics",
+            "summary": "Request counts, latency histograms, catalog version, sync age and click-through per "
+            "surface, in the Prometheus text format 0.0.4 (no shopper or item ids).",
+            "responses": {
+                "200": {
+                    "description": "Prometheus exposition text",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    }
+    if ui:
+        paths["/ui/"] = {
+            "get": {
+                "operationId": "ui",
+                "summary": "The kiosk page (shelfrank serve --ui): search, recommendations, similar items.",
+                "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}}},
+            }
+        }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -185,13 +217,15 @@ class HttpApi:
             smaller-or-equal limit too (record/history/forget 16 KiB, search 64 KiB).
     """
 
-    def __init__(self, service: Service, *, max_body: int = MAX_BODY) -> None:
+    def __init__(self, service: Service, *, max_body: int = MAX_BODY, ui: bool = False) -> None:
         self.service, self.max_body = service, int(max_body)
-        self._spec = json.dumps(openapi_spec(), separators=(",", ":")).encode()
+        self._spec = json.dumps(openapi_spec(ui=ui), separators=(",", ":")).encode()
+        self._paths = {**_PATHS, **(_UI_PATHS if ui else {})}
+        self._page, self._page_headers = _kiosk_page() if ui else (b"", {})
 
     def allowed(self, path: str) -> list[str] | None:
         """The methods a path answers (None for an unknown path)."""
-        methods = _PATHS.get(path)
+        methods = self._paths.get(path)
         if methods is None:
             return None
         return [*methods, *(["HEAD"] if "GET" in methods else []), "OPTIONS"]
@@ -202,15 +236,18 @@ class HttpApi:
         return min(route.max_body, self.max_body) if route is not None else min(SMALL_BODY, self.max_body)
 
     def handle(self, method: str, path: str, content_type: str | None, body: bytes) -> tuple[int, bytes, dict]:
-        """One request → (status, JSON body, extra headers). Never raises for client input."""
-        name = "unknown"
+        """One request → (status, body, extra headers). Never raises for client input.
+
+        The body is JSON, but for ``/metrics`` and ``/ui/``, whose ``Content-Type`` is in the headers.
+        """
+        name, started = "unknown", time.perf_counter()
         try:
-            methods = _PATHS.get(path)
+            methods = self._paths.get(path)
             if methods is None:
                 raise RequestError(404, "not_found", f"no such path {show(path)}; see GET /openapi.json")
             allow = ", ".join(self.allowed(path) or ())
             if method == "OPTIONS":
-                return self._count("options", 204, b"", {"Allow": allow})
+                return self._count("options", 204, b"", {"Allow": allow}, started)
             verb = "GET" if method == "HEAD" else method
             if verb not in methods:
                 raise RequestError(
@@ -221,43 +258,49 @@ class HttpApi:
                 )
             name = methods[verb]
             if name == "openapi":
-                return self._count(name, 200, self._spec, {})
+                return self._count(name, 200, self._spec, {}, started)
+            if name == "metrics":
+                return self._count(name, 200, self.service.exposition(), {"Content-Type": METRICS_TYPE}, started)
+            if name == "ui":
+                if path == "/ui":  # relative to /ui/ only: the page's own address
+                    return self._count(name, 308, b"", {"Location": "/ui/"}, started)
+                return self._count(name, 200, self._page, self._page_headers, started)
             op = OPERATIONS[name]
             args = None
             if op.request is not None:
                 _check_content_type(content_type)
                 args = fmt.decode_request(body, op.request)
             payload = self.service.call(name, args)
-            return self._count(name, 200, _ENCODER.encode(payload), {})
+            return self._count(name, 200, _ENCODER.encode(payload), {}, started)
         except RequestError as e:
             headers = {**e.headers, **({"Connection": "close"} if e.close else {})}
-            return self._count(name, e.status, error_body(e), headers)
+            return self._count(name, e.status, error_body(e), headers, started)
         except ServiceClosing as e:
             err = RequestError(503, "unavailable", str(e), close=True)
-            return self._count(name, 503, error_body(err), {"Connection": "close"})
+            return self._count(name, 503, error_body(err), {"Connection": "close"}, started)
         except Unhealthy as e:
-            return self._count(name, 503, error_body(RequestError(503, "unavailable", str(e))), {})
+            return self._count(name, 503, error_body(RequestError(503, "unavailable", str(e))), {}, started)
         except RequestBodyError as e:
             status, kind = (400, "invalid_json") if e.malformed else (422, "validation_error")
-            return self._count(name, status, error_body(RequestError(status, kind, str(e), field=e.field)), {})
+            return self._count(name, status, error_body(RequestError(status, kind, str(e), field=e.field)), {}, started)
         except UnknownFilterValueError as e:  # like an unknown item id: the catalog has no such entry
             err = RequestError(404, "unknown_filter_value", str(e), field=e.field)
-            return self._count(name, 404, error_body(err), {})
+            return self._count(name, 404, error_body(err), {}, started)
         except UnknownItemError as e:
             err = RequestError(404, "unknown_item", f"item_id: {e}", field="item_id")
-            return self._count(name, 404, error_body(err), {})
+            return self._count(name, 404, error_body(err), {}, started)
         except InputError as e:  # a rule the contract cannot state, checked by the runtime
-            return self._count(name, 422, error_body(RequestError(422, "invalid_input", str(e))), {})
+            return self._count(name, 422, error_body(RequestError(422, "invalid_input", str(e))), {}, started)
         except EventStoreBusyError as e:  # the rows are gone; the files are cleaned once the reader ends
             err = RequestError(503, "unavailable", str(e), headers={"Retry-After": "1"})
-            return self._count(name, 503, error_body(err), err.headers)
+            return self._count(name, 503, error_body(err), err.headers, started)
         except Exception:
             logger.exception("%s %s failed (a bug in the service, not the request)", method, path)
             err = RequestError(500, "internal_error", "internal error (the service logged the traceback)")
-            return self._count(name, 500, error_body(err), {})
+            return self._count(name, 500, error_body(err), {}, started)
 
-    def _count(self, name: str, status: int, body: bytes, headers: dict) -> tuple[int, bytes, dict]:
-        self.service.count(name, status)
+    def _count(self, name: str, status: int, body: bytes, headers: dict, started: float) -> tuple[int, bytes, dict]:
+        self.service.count(name, status, time.perf_counter() - started)
         return status, body, headers
 
     def count_rejected(self, status: int) -> None:
@@ -267,3 +310,20 @@ class HttpApi:
     def close(self, timeout: float = 10.0) -> bool:
         """Refuse new requests (503) and wait for the running ones; True when they all finished."""
         return self.service.close(timeout)
+
+
+def _kiosk_page() -> tuple[bytes, dict[str, str]]:
+    """The kiosk page and its headers: a Content-Security-Policy that lets only its own inline
+    script (by hash) and style run, and only this service be fetched (no CDN could load)."""
+    try:
+        page = UI_PAGE.read_bytes()
+    except OSError as e:
+        raise InputError(f"the kiosk page {UI_PAGE} is missing ({e.strerror}); reinstall shelfrank") from e
+    scripts = re.findall(rb"<script>(.*?)</script>", page, re.S)
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s).digest()).decode()}'" for s in scripts)
+    csp = (
+        f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; connect-src 'self'; "
+        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    headers = {"Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": csp, "Cache-Control": "no-cache"}
+    return page, headers

@@ -263,9 +263,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _write(self, status: int, body: bytes, headers: dict[str, str]) -> None:
         lines = [f"HTTP/1.1 {status} {_reason(status)}", f"Server: {self.server_version}"]
-        if body or status != 204:
-            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
+        if body or status != 204:  # JSON unless the API named the type (/metrics, /ui/)
+            media = headers.get("Content-Type", "application/json")
+            lines += [f"Content-Type: {media}", f"Content-Length: {len(body)}"]
+        lines += [f"{k}: {v}" for k, v in headers.items() if k != "Content-Type"]
         if self.close_connection and "Connection" not in headers:
             lines.append("Connection: close")
         elif not self.close_connection and self.request_version == "HTTP/1.0":
@@ -521,6 +522,7 @@ def start(
     max_connections: int = MAX_CONNECTIONS,
     idle_timeout: float = IDLE_TIMEOUT,
     request_deadline: float = REQUEST_DEADLINE,
+    ui: bool = False,
 ) -> Servers:
     """Bind the listeners and serve from background threads.
 
@@ -532,6 +534,8 @@ def start(
         max_connections: connections served at once, per listener; one more is answered 503 and closed.
         idle_timeout: seconds a connection may stay silent between requests (or in one read).
         request_deadline: seconds from a request's first byte until all of it has arrived (else 408).
+        ui: also serve the kiosk page at ``/ui/`` (when ``api`` is the endpoints; an ``HttpApi``
+            made with ``ui=True`` serves it already).
 
     Raises:
         InputError: nothing to listen on, a bad --unix path, the address is in use, or a bad limit.
@@ -539,7 +543,7 @@ def start(
     if port is None and unix is None:
         raise InputError("nothing to listen on: give a TCP port or a Unix socket path")
     if not isinstance(api, HttpApi):
-        api = HttpApi(api)
+        api = HttpApi(api, ui=ui)
     limits = dict(max_connections=max_connections, idle_timeout=idle_timeout, request_deadline=request_deadline)
     servers: list = []
     try:

@@ -25,7 +25,7 @@ done
 # OpenSSH server and client (flash tests against a real sshd on 127.0.0.1), debootstrap (the
 # arm64 Debian root the whole runtime is tested in under qemu), systemd (systemd-analyze checks the
 # units `flash --service` installs; nothing is started), wrk (the load test of `shelfrank serve`).
-SYSTEM_PACKAGES=(g++-aarch64-linux-gnu qemu-user-static binutils-aarch64-linux-gnu openssh-server openssh-client debootstrap systemd wrk)
+SYSTEM_PACKAGES=(g++-aarch64-linux-gnu qemu-user-static binutils-aarch64-linux-gnu openssh-server openssh-client debootstrap systemd wrk chromium chromium-driver)
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 

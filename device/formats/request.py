@@ -177,6 +177,29 @@ class UserRequest(_Body):
     user_id: RequestUserId
 
 
+#: where items were shown (events.SURFACE_PATTERN): a short label, counted apart in /metrics
+Surface = Annotated[
+    str,
+    Meta(
+        pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+        description="Where the items were shown, e.g. search, recommended, similar (31 surfaces are counted apart, "
+        "later ones count as other).",
+        examples=["search"],
+    ),
+]
+
+
+class ImpressionRequest(_Body):
+    """Items shown to a shopper on a surface; a click on one of them soon after counts for the surface."""
+
+    user_id: RequestUserId
+    item_ids: Annotated[list[RequestItemId], Meta(min_length=1, max_length=MAX_K, description="The items shown.")]
+    surface: Surface
+    ts: Annotated[float, Meta(description="When they were shown, Unix seconds (default: now).")] | (
+        msgspec.UnsetType
+    ) = _UNSET
+
+
 REQUEST_BODIES: tuple[type[_Body], ...] = (
     RecordRequest,
     RecommendRequest,
@@ -185,6 +208,7 @@ REQUEST_BODIES: tuple[type[_Body], ...] = (
     UserRequest,
     RecommendManyRequest,
     SearchManyRequest,
+    ImpressionRequest,
 )
 _DECODERS = {t: msgspec.json.Decoder(t) for t in REQUEST_BODIES}
 _BodyT = TypeVar("_BodyT", bound=_Body)

@@ -107,6 +107,13 @@ class RecordResponse(_Out):
     ts: float
 
 
+class ImpressionResponse(_Out):
+    user_id: str
+    surface: Annotated[str, Meta(description="The surface the items count for (other once 31 are counted).")]
+    items: Annotated[int, Meta(ge=1, description="How many items were recorded as shown.")]
+    ts: float
+
+
 class RecommendResponse(_Out):
     user_id: str
     catalog_version: int
@@ -206,6 +213,7 @@ RESPONSE_BODIES: tuple[type[_Out], ...] = (
     ForgetResponse,
     HealthResponse,
     StatusResponse,
+    ImpressionResponse,
 )
 
 

@@ -119,11 +119,13 @@ def test_openapi_document_is_complete():
         ("POST", "/v1/search"),
         ("POST", "/v1/recommend_many"),
         ("POST", "/v1/search_many"),
+        ("POST", "/v1/impression"),
         ("POST", "/v1/history"),
         ("POST", "/v1/forget"),
         ("GET", "/v1/health"),
         ("GET", "/v1/status"),
         ("GET", "/openapi.json"),
+        ("GET", "/metrics"),
     }
     refs = set()
 
