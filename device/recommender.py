@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from shelfrank.device import bundle as bfmt
+from shelfrank.device.arguments import check_options as _check_options
+from shelfrank.device.arguments import str_seq as _str_seq
 from shelfrank.device.catalog import POPULAR, Catalog, Item, Reason
 from shelfrank.device.codes import mean_digest
 from shelfrank.device.encoder import TextEncoder, make_session, open_text_encoder, provider_names
@@ -576,26 +578,6 @@ class _Plan(NamedTuple):
     path: str
     pool: int
     want: int
-
-
-def _check_options(k: Any, diversity: Any, ranker: Any) -> None:
-    if ranker not in ("hybrid", "tower"):
-        raise InputError(f"ranker must be 'hybrid' or 'tower', got {ranker!r}")
-    if isinstance(diversity, bool) or not isinstance(diversity, (int, float)) or not 0.0 <= diversity <= 1.0:
-        raise InputError(f"diversity must be a number in [0, 1], got {diversity!r}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InputError(f"k must be a positive integer, got {k!r}")
-
-
-def _str_seq(name: str, values: Any) -> list[str]:
-    """A list or tuple of strings as a list (a lone string is refused: it is a sequence of letters)."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise InputError(f"{name} must be a list of strings, got {type(values).__name__}")
-    out = list(values)
-    bad = next((v for v in out if not isinstance(v, str)), None)
-    if bad is not None:
-        raise InputError(f"{name} must hold strings only, got {bad!r}")
-    return out
 
 
 def _board_settings(board: str) -> tuple[int, list | None, list | None, Planner]:
