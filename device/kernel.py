@@ -1,7 +1,8 @@
 """Typed Python face of the native cosine top-k kernel (``shelfrank._native``).
 
-The binding is strict: rows must already be C-contiguous float32, or int8 with float32 scales, so
-the catalog is never copied on the hot path. Only the query (a few hundred floats) and the catalog
+The binding is strict: rows must already be float32, or int8 with float32 scales, each row
+contiguous (any row stride: a row slice or a view of leading columns is scanned in place), so the
+catalog is never copied on the hot path. Only the query (a few hundred floats) and the catalog
 mean (d floats) are converted here, on purpose.
 
 Two-pass search: ``binary_codes`` makes one sign code per row (bit j = row_j > mean_j, 48 bytes at
@@ -56,8 +57,9 @@ def topk(
 
     Args:
         query: (d,) or (B, d) float vector(s); converted to contiguous float32.
-        rows: (N, d) C-contiguous float32, or int8 with ``scales`` (score_i = scale_i · dot(q, x_i);
-            the query is quantised to int8 internally).
+        rows: (N, d) float32, or int8 with ``scales`` (score_i = scale_i · dot(q, x_i);
+            the query is quantised to int8 internally); each row contiguous, any positive row
+            stride (a view with strided rows is gathered block by block, never copied whole).
         k: results per query (>= 1); fewer than k eligible rows are filled with id -1, score -inf.
         scales: (N,) float32 per-row scales, required for int8 rows.
         mask: (N,) bool, True where a row may be returned.
@@ -82,7 +84,7 @@ def binary_codes(
     """Sign codes of ``rows - mean``: one bit per dimension, the first-pass catalog of ``topk_two_pass``.
 
     Args:
-        rows: (N, d) C-contiguous float32, or int8 with ``scales`` (value = float32(x) * scale_i).
+        rows: (N, d) float32, or int8 with ``scales`` (value = float32(x) * scale_i).
         scales: (N,) float32 per-row scales, required for int8 rows.
         mean: (d,) finite catalog mean (``rows`` dequantised, averaged); converted to float32.
         threads: split the rows over this many threads; the codes do not depend on it.
