@@ -157,6 +157,21 @@ class LexicalIndex:
         i = bisect.bisect_right(words, p)
         return i < len(words) and words[i].startswith(p)
 
+    def prefix_docs(self, p: str, cap: int) -> int:
+        """How many items hold a word starting with ``p``, as the sum over those words (an upper
+        bound), counted until it passes ``cap``: what an any-word query's ``p*`` costs."""
+        vocab = self.vocabulary()
+        words = self._sorted
+        total = 0
+        for i in range(bisect.bisect_left(words, p), len(words)):
+            w = words[i]
+            if not w.startswith(p):
+                break
+            total += vocab[w]
+            if total > cap:
+                break
+        return total
+
     def close(self) -> None:
         if self._con is not None:
             self._con.close()

@@ -28,8 +28,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -56,6 +59,9 @@ MIN_TYPO_LEN = 4
 RARE_SHARE = 0.02
 RARE_MIN = 200
 MAX_OR_TERMS = 8
+#: a hybrid search's FTS queries run in a worker thread while the caller encodes the query and
+#: scans: at most this many at once in a process (more callers run theirs themselves, after the scan)
+OVERLAP_THREADS = 4
 #: personalised search's re-rank weight (scripts/bench_search_personal.py picks it; docs/search.md)
 W_USER = 0.3
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -188,7 +194,8 @@ def lexical(cat: Catalog, text: str, n: int, mask: np.ndarray | None) -> tuple[n
     for any_word in (False, True) if len(words) > 1 else (False,):
         use, pre = words, prefix
         if any_word:
-            use = _rare(words, lex.vocabulary(), len(cat))
+            cap = _rare_cap(len(cat))
+            use = _rare(words, lex.vocabulary(), len(cat), lex.prefix_docs(words[-1], cap) if prefix else None)
             pre = prefix and use[-1] == words[-1]
         part = lex.query(use, limit=limit, prefix_last=pre, any_word=any_word)
         if mask is not None:
@@ -205,17 +212,63 @@ def lexical(cat: Catalog, text: str, n: int, mask: np.ndarray | None) -> tuple[n
     return rows, np.fromiter((s for _, s in got), np.float32, len(got)), n_all
 
 
-def _rare(words: list[str], vocab: Mapping[str, int], n_items: int) -> list[str]:
+def _rare_cap(n_items: int) -> float:
+    """The most items a word an any-word query keeps may be held by."""
+    return max(RARE_MIN, RARE_SHARE * n_items)
+
+
+def _rare(words: list[str], vocab: Mapping[str, int], n_items: int, last_prefix_df: int | None = None) -> list[str]:
     """The words an any-word query keeps, in query order: those held by at most
     :data:`RARE_SHARE` of the items (at most :data:`MAX_OR_TERMS`, the rarest), else the two rarest.
+    ``last_prefix_df``: the last word is matched as a prefix, and this many items hold a word it
+    begins (``LexicalIndex.prefix_docs``), not the items holding it as a whole word.
 
     A word most items hold (``game``, ``for``) adds little to BM25 and makes FTS score every item
-    that holds it: an any-word query over it costs ~20× an all-words one.
+    that holds it: an any-word query over it costs ~20× an all-words one; so does a prefix most
+    items' words begin (``gam*``: 13k of 100k items, 30–55 ms).
     """
     df = {w: vocab.get(w, 0) for w in words}
+    if last_prefix_df is not None:
+        df[words[-1]] = max(df[words[-1]], last_prefix_df)
     by_rarity = sorted(words, key=lambda w: (df[w], words.index(w)))
-    keep = [w for w in by_rarity if df[w] <= max(RARE_MIN, RARE_SHARE * n_items)][:MAX_OR_TERMS] or by_rarity[:2]
+    keep = [w for w in by_rarity if df[w] <= _rare_cap(n_items)][:MAX_OR_TERMS] or by_rarity[:2]
     return [w for w in words if w in keep]
+
+
+class _Overlap:
+    """The worker threads a hybrid search's FTS queries overlap the encoder and the scan in (SQLite,
+    onnxruntime and the scan kernel all release the GIL): the same results as one after the other,
+    the latency of the longer instead of the sum. Made again in a forked child (no threads there)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.pool: ThreadPoolExecutor | None = None
+        self.slots = threading.BoundedSemaphore(OVERLAP_THREADS)
+        self.lock = threading.Lock()
+
+    def start(self, fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+        """``fn(*args)`` started in a worker when one is free (else run here, now); returns what
+        gives its result (or raises its error)."""
+        if not self.slots.acquire(blocking=False):
+            out = fn(*args)
+            return lambda: out
+        try:
+            with self.lock:
+                if self.pool is None:
+                    self.pool = ThreadPoolExecutor(OVERLAP_THREADS, thread_name_prefix="shelfrank-fts")
+                fut = self.pool.submit(fn, *args)
+        except BaseException:
+            self.slots.release()
+            raise
+        fut.add_done_callback(lambda _: self.slots.release())
+        return fut.result
+
+
+_OVERLAP = _Overlap()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_OVERLAP.reset)
 
 
 def lexical_scores(scores: np.ndarray, n_all: int) -> np.ndarray:
@@ -245,15 +298,21 @@ def candidates(
     params: SearchParams,
     *,
     threads: int = 1,
+    lexical_result: Callable[[], tuple[np.ndarray, np.ndarray, int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The fusion's inputs: (candidate rows ascending, their cosine to ``q``, their lexical feature).
 
     The candidates are the dense scan's ``max(params.candidates, n)`` best rows and the lexical
     ``params.candidates``; every candidate's cosine is its exact (dequantised) one, the lexical
     feature is −BM25 / the best −BM25 of the query (0 for a row the FTS did not return).
+    ``lexical_result``: gives :func:`lexical`'s answer for this query when it was started already
+    (beside the encoder: :func:`search`).
     """
     d_rows, _ = dense(cat, q, max(params.candidates, n), mask, threads=threads)
-    l_rows, l_scores, _ = lexical(cat, text, params.candidates, mask)
+    if lexical_result is None:
+        l_rows, l_scores, _ = lexical(cat, text, params.candidates, mask)
+    else:
+        l_rows, l_scores, _ = lexical_result()
     cand = np.union1d(d_rows, l_rows)
     cos = cat.vectors(cand) @ np.asarray(q, np.float32)
     lex = np.zeros(len(cand), np.float32)
@@ -314,8 +373,15 @@ def search(
     p = params or SearchParams()
     if mode != "lexical" and encoder is None:
         raise InputError(f"search mode {mode!r} needs the text encoder")
-    q = None if mode == "lexical" else encoder.encode([text])[0]
-    return ranked(cat, q, text, k, mask, mode=mode, params=p, threads=threads, user=user)
+    if user is not None and mode != "hybrid":
+        raise InputError(f"personalised search (a user) needs mode 'hybrid', got mode {mode!r}")
+    if mode == "lexical":
+        return ranked(cat, None, text, k, mask, mode=mode, params=p, threads=threads)
+    lex = None
+    if mode == "hybrid" and cat.lexical.available:  # the FTS queries beside the encoder and the scan
+        lex = _OVERLAP.start(lexical, cat, text, p.candidates, mask)
+    q = encoder.encode([text])[0]
+    return ranked(cat, q, text, k, mask, mode=mode, params=p, threads=threads, user=user, lexical_result=lex)
 
 
 def personal(mode: str, user_id: str | None, user_vector: Callable[[str], np.ndarray | None]) -> np.ndarray | None:
@@ -346,11 +412,13 @@ def ranked(
     params: SearchParams,
     threads: int = 1,
     user: np.ndarray | None = None,
+    lexical_result: Callable[[], tuple[np.ndarray, np.ndarray, int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`search` for a cleaned query whose vector ``q`` is already made (the export embeds its
     query sets in batches): the k best (rows, scores). ``user``: the shopper's vector (hybrid
     only): the fused candidates re-ranked with ``w_user · cos(user, item)``; on a catalog without
-    FTS the candidates are the dense scan's ``max(candidates, k)`` best."""
+    FTS the candidates are the dense scan's ``max(candidates, k)`` best. ``lexical_result``: see
+    :func:`candidates`."""
     if user is not None and mode != "hybrid":
         raise InputError(f"personalised search (a user) needs mode 'hybrid', got mode {mode!r}")
     if mode == "lexical":
@@ -367,7 +435,7 @@ def ranked(
         v = cat.vectors(cand)
         cos = (v @ np.asarray(q, np.float32)).astype(np.float32)
         return fuse(cand, cos, np.zeros(len(cand), np.float32), params, k, v @ np.asarray(user, np.float32))
-    cand, cos, lex = candidates(cat, q, text, k, mask, params, threads=threads)
+    cand, cos, lex = candidates(cat, q, text, k, mask, params, threads=threads, lexical_result=lexical_result)
     if not personalised:
         return fuse(cand, cos, lex, params, k)
     return fuse(cand, cos, lex, params, k, cat.vectors(cand) @ np.asarray(user, np.float32))

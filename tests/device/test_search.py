@@ -370,3 +370,47 @@ def test_search_params_from_the_manifest():
     ):
         with pytest.raises(BundleError):
             srch.SearchParams.from_manifest(bad)
+
+
+# ---- latency: the FTS queries beside the encoder, prefixes in the any-word query -------------------
+
+
+def test_fts_queries_overlapped_or_inline_give_the_same_results(cat, monkeypatch):
+    import threading
+
+    enc, p = FakeEncoder(), srch.SearchParams(candidates=7)
+    texts = ["Aurora Quantum Espresso", "espreso grinder", "Harbor Cla", "zzz qqq"]
+    overlapped = [srch.search(cat, enc, t, 5, params=p) for t in texts]
+    monkeypatch.setattr(srch._OVERLAP, "slots", threading.BoundedSemaphore(1))
+    srch._OVERLAP.slots.acquire()  # every worker busy: each call runs its FTS queries itself
+    inline = [srch.search(cat, enc, t, 5, params=p) for t in texts]
+    for (r1, s1), (r2, s2) in zip(overlapped, inline, strict=True):
+        assert r1.tolist() == r2.tolist()
+        np.testing.assert_array_equal(s1, s2)
+
+
+def test_a_forked_child_searches_with_its_own_workers(cat):
+    import multiprocessing
+
+    enc = FakeEncoder()
+    want = srch.search(cat, enc, "quantum grinder", 5)[0].tolist()  # the parent's pool has a worker now
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_search_rows, (cat.root, "quantum grinder")).get(timeout=60)
+    assert got == want
+
+
+def _search_rows(root, text):
+    return srch.search(Catalog(root, version=1, dim=DIM), FakeEncoder(), text, 5)[0].tolist()
+
+
+def test_a_common_prefix_is_left_out_of_the_any_word_query(cat):
+    vocab = {"pictek": 24, "game": 9000, "games": 4000, "gamma": 5}
+    assert srch._rare(["pictek", "gam"], vocab, 100_000) == ["pictek", "gam"]  # as a word: held by none
+    assert srch._rare(["pictek", "gam"], vocab, 100_000, last_prefix_df=13_005) == ["pictek"]
+    words = cat.lexical.vocabulary()
+    for p in ("au", "qu", "gr", "zz"):
+        held = sum(n for w, n in words.items() if w.startswith(p))
+        assert cat.lexical.prefix_docs(p, cap=10**9) == held
+        first = next((n for w, n in sorted(words.items()) if w.startswith(p)), 0)
+        assert cat.lexical.prefix_docs(p, cap=0) == first  # stops once past the cap
