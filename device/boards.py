@@ -38,6 +38,7 @@ __all__ = [
     "packaged_boards",
     "parse_board",
     "read_board",
+    "resident_bytes",
     "validate",
 ]
 
@@ -79,11 +80,35 @@ def check_catalog_size(cfg: BoardConfig, n_items: int, what: str) -> None:
         )
 
 
-def check_bundle_memory(cfg: BoardConfig, nbytes: int, what: str) -> None:
-    """Refuse a bundle whose files alone exceed the board's ``memory_budget_mb``.
+#: catalog files the runtime memory-maps and reads only a few rows of per query (a lookup, a
+#: shopper's neighbours, SQLite's bounded page cache): not resident as a whole
+SAMPLED_ROLES = frozenset({"items", "ids", "id_ends", "titles", "title_ends", "nbr_ids", "nbr_weights"})
+#: anonymous bytes per item the runtime always holds (device/columns.py IdIndex: int64 hash + int32 row)
+HELD_BYTES_PER_ITEM = 12
 
-    The runtime holds every file of a bundle in memory (the models, the tokenizer, the int8 rows and
-    the items), so their size is a lower bound of its RSS; the service's MemoryMax is twice the budget.
+
+def resident_bytes(cfg: BoardConfig, manifest: Any, sizes: dict[str, int]) -> int:
+    """A lower bound of the runtime's RSS on board ``cfg`` for a bundle's files (``sizes``: path → bytes).
+
+    Counted: the files read whole (models, tokenizer, the scales, and the scan's own file: the int8
+    rows for the exact scan, the binary codes for the two-pass scan, which rescored only ~first_pass_r
+    rows), plus the id index. Not counted: the files only sampled per query (:data:`SAMPLED_ROLES`).
+    """
+    from shelfrank.device.planner import Planner
+
+    roles = manifest.catalog.files
+    sampled = set(SAMPLED_ROLES)
+    scan = Planner(cfg.first_pass, cfg.first_pass_r).scan_for(manifest.catalog.count, has_codes="codes" in roles)
+    if scan == "two_pass":
+        sampled.add("rows")
+    skip = {path for role, path in roles.items() if role in sampled}
+    return sum(n for path, n in sizes.items() if path not in skip) + HELD_BYTES_PER_ITEM * manifest.catalog.count
+
+
+def check_bundle_memory(cfg: BoardConfig, nbytes: int, what: str) -> None:
+    """Refuse a bundle whose resident bytes (:func:`resident_bytes`) exceed the board's ``memory_budget_mb``.
+
+    What the runtime must hold is a lower bound of its RSS; the service's MemoryMax is twice the budget.
 
     Raises:
         BoardLimitError: ``nbytes`` > ``cfg.memory_budget_mb`` MiB.
@@ -91,8 +116,9 @@ def check_bundle_memory(cfg: BoardConfig, nbytes: int, what: str) -> None:
     budget = cfg.memory_budget_mb * 2**20
     if nbytes > budget:
         raise BoardLimitError(
-            f"{what}: its files take {nbytes / 2**20:,.0f} MiB, above board {cfg.name}'s memory_budget_mb = "
-            f"{cfg.memory_budget_mb:,} ({cfg.source}), and the runtime holds them all in memory"
+            f"{what}: the runtime would hold {nbytes / 2**20:,.0f} MiB of its files, above board {cfg.name}'s "
+            f"memory_budget_mb = {cfg.memory_budget_mb:,} ({cfg.source}); use a board with more memory, a smaller "
+            "catalog, or first_pass = 'auto' with a bundle that has binary codes"
         )
 
 

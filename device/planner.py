@@ -75,13 +75,17 @@ class Planner:
 
     def choose(self, cat: Catalog, want: int) -> str:
         """``"exact"`` or ``"two_pass"`` for a scan of ``cat`` asking for ``want`` rows."""
-        if self.first_pass == "exact" or cat.codes is None:
+        return self.scan_for(len(cat), has_codes=cat.codes is not None, want=want)
+
+    def scan_for(self, n_rows: int, *, has_codes: bool, want: int = 10) -> str:
+        """``"exact"`` or ``"two_pass"`` for a catalog of ``n_rows`` (flash sizes a board's memory by it)."""
+        if self.first_pass == "exact" or not has_codes:
             return "exact"
         if self.first_pass == "binary":
             return "two_pass"
-        if max(self.r, want) >= len(cat) // 2:  # the first pass would keep most rows: nothing to save
+        if max(self.r, want) >= n_rows // 2:  # the first pass would keep most rows: nothing to save
             return "exact"
-        return "two_pass" if len(cat) >= self.min_items else "exact"
+        return "two_pass" if n_rows >= self.min_items else "exact"
 
     def topk(
         self, cat: Catalog, query: np.ndarray, k: int, *, mask: np.ndarray | None = None, threads: int = 1

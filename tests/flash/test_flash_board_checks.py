@@ -119,13 +119,34 @@ def test_sync_refuses_a_catalog_above_the_board_limit(sync_bundle, tmp_path, cap
 
 
 def test_bundle_files_above_the_memory_budget(tmp_path):
-    """Defect 6: memory_budget_mb (the runtime holds every bundle file in memory: a lower bound of its RSS)."""
+    """Defect 6: memory_budget_mb against what the runtime holds of a bundle (a lower bound of its RSS)."""
     from shelfrank.device.boards import BoardLimitError, check_bundle_memory, load_board
 
     cfg = load_board(board_file(tmp_path / "small.toml", name="small", memory_budget_mb=16))
     check_bundle_memory(cfg, 16 * 2**20, "bundle b")
-    with pytest.raises(BoardLimitError, match=r"bundle b: its files take 17 MiB, above board small's memory_budget_mb"):
+    with pytest.raises(
+        BoardLimitError, match=r"bundle b: the runtime would hold 17 MiB of its files, above board small"
+    ):
         check_bundle_memory(cfg, 17 * 2**20, "bundle b")
+
+
+def test_resident_bytes_leave_out_what_a_query_only_samples(signed, tmp_path):
+    """Issue 16: the two-pass scan reads the codes whole and only ~first_pass_r rows, so its int8 rows (like
+    SQLite, the id/title columns and the neighbour table, memory-mapped and sampled) are not resident."""
+    from shelfrank.device import bundle as bfmt
+    from shelfrank.device.boards import HELD_BYTES_PER_ITEM, SAMPLED_ROLES, load_board, resident_bytes
+
+    bundle, pub = signed
+    manifest = bfmt.verify_bundle(bundle, public_key=bfmt.load_public_key(pub))
+    sizes = {f: (bundle / f).stat().st_size for f in manifest.files}
+    roles = manifest.catalog.files
+    assert "codes" in roles and "rows" in roles
+    sampled = sum(sizes[p] for r, p in roles.items() if r in SAMPLED_ROLES)
+    held = HELD_BYTES_PER_ITEM * manifest.catalog.count
+    exact = load_board(board_file(tmp_path / "exact.toml", name="exact", first_pass="exact"))
+    binary = load_board(board_file(tmp_path / "binary.toml", name="binary", first_pass="binary"))
+    assert resident_bytes(exact, manifest, sizes) == sum(sizes.values()) - sampled + held
+    assert resident_bytes(binary, manifest, sizes) == sum(sizes.values()) - sampled - sizes[roles["rows"]] + held
 
 
 def test_a_board_of_another_architecture_is_warned_about_for_a_directory(signed, tmp_path):

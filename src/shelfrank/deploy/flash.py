@@ -45,6 +45,7 @@ from shelfrank.device.boards import (
     load_board,
     normalise_arch,
     read_board,
+    resident_bytes,
 )
 from shelfrank.errors import InputError
 
@@ -170,9 +171,10 @@ def verify_local(bundle: str | Path, *, board: str, public_key: str | Path | Non
     manifest = bfmt.verify_bundle(bundle, public_key=key)
     kid = bfmt.key_id(key)
     files = [*sorted(manifest.files), bfmt.MANIFEST, bfmt.SIGNATURE]
-    size = sum((bundle / f).stat().st_size for f in files)
+    sizes = {f: (bundle / f).stat().st_size for f in files}
+    size = sum(sizes.values())
     check_catalog_size(cfg, manifest.catalog.count, f"bundle {bundle}")
-    check_bundle_memory(cfg, size, f"bundle {bundle}")
+    check_bundle_memory(cfg, resident_bytes(cfg, manifest, sizes), f"bundle {bundle}")
     log(f"bundle {bundle}: verified ({len(files)} files, {size / 1e6:.1f} MB, key {kid[:16]}…), board {cfg.name}")
     # a board named by a file is handed on as the file carried to the target, never by its name
     carried = board_toml if is_board_path(board) else None
