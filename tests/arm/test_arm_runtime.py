@@ -2,7 +2,7 @@
 
 An arm64 Debian 12 root (debootstrap --foreign, no binfmt), CPython 3.11 with the aarch64 wheels
 and the cross-compiled shelfrank._native, under qemu-aarch64 as a Cortex-A72 (Pi 4, neon) and a
-Cortex-A76 (dotprod, neon_dot): tests/native/test_topk.py + tests/device (not `crash`) pass, and
+Cortex-A76 (dotprod, neon_dot): tests/native/test_topk.py + test_two_pass.py + tests/device (not `crash`) pass, and
 x86 <-> aarch64 parity holds (build/arm-parity.json). Then shelfrank's own aarch64 wheels (cp310,
 cp311) are built and checked, and `shelfrank flash --install-runtime` into the bare root ends in a
 passing health check and a smoke test with the installed venv. Needs root, network on the first
@@ -71,6 +71,9 @@ def test_setup_steps(run, step):
 def test_device_suite_under_qemu(run, cpu, isa):
     step_ok(run, "test-" + cpu.removeprefix("cortex-"))
     assert re.search(rf"pytest under qemu -cpu {cpu} .*\nactive_isa, capabilities: {isa} ", run), run[-3000:]
+    # the kernel's own tests ran there too: the exact scan and the two-pass search
+    kernel_tests = rf"QEMU_CPU={cpu} .*pytest tests/native/test_topk.py tests/native/test_two_pass.py "
+    assert re.search(kernel_tests, run), run[-3000:]
 
 
 def test_parity_x86_aarch64(run):
