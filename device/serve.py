@@ -9,8 +9,9 @@ an operation of :class:`~shelfrank.device.endpoints.Service` (the endpoints over
 background threads.
 
 Every operation is ``POST /v1/<verb>`` with a JSON object body (shopper ids travel in bodies,
-never in URLs, so they never land in access logs), plus ``GET /v1/health``, ``GET /v1/status``
-and ``GET /openapi.json``. Request and response bodies are the typed structs of
+never in URLs, so they never land in access logs), plus ``GET /v1/health``, ``GET /v1/status``,
+``GET /metrics`` (Prometheus text), ``GET /ui/`` (the kiosk page, with ``ui=True``) and
+``GET /openapi.json``. Request and response bodies are the typed structs of
 :mod:`shelfrank.device.formats`; a request body is decoded and checked in one call, and the
 OpenAPI description is generated from the same types, so the description and the server cannot
 disagree. Client mistakes get a 4xx with ``{"error": type, "message": ..., "field": ...}``; only
