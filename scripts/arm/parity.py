@@ -162,13 +162,13 @@ def dump(bundle: str, pub: str, state: str, out: str) -> None:
 
 def _ranked_ok(ref: dict, got: dict) -> tuple[bool, list[str]]:
     """Same top-K ids, except swaps between items whose ref (x86) scores differ by < SWAP_EPS."""
-    score = dict(zip(ref["ids"], ref["scores"]))
+    score = dict(zip(ref["ids"], ref["scores"], strict=True))
     a, b = ref["ids"][:K], got["ids"][:K]
     notes = []
     if len(a) != len(b):
         return False, [f"{len(b)} results, x86 has {len(a)}"]
     ok = True
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
         if x == y:
             continue
         if y not in score:
