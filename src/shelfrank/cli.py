@@ -266,7 +266,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
             check_catalog_size(load_board(args.board), len(rec.catalog), f"catalog version {rec.catalog.version}")
         service = Service(rec, board=args.board)
-        servers = start(service, host=args.host, port=None if args.no_tcp else args.port, unix=args.unix)
+        servers = start(service, host=args.host, port=None if args.no_tcp else args.port, unix=args.unix, ui=args.ui)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
@@ -422,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--unix", metavar="PATH", help="also listen on this Unix socket (mode 0660)")
     sv.add_argument("--no-tcp", action="store_true", help="only the Unix socket (needs --unix)")
     sv.add_argument("--access-log", action="store_true", help="log one line per request (no bodies, no user ids)")
+    sv.add_argument("--ui", action="store_true", help="also serve the kiosk page at /ui/ (docs/serve.md)")
     sv.set_defaults(func=_cmd_serve)
 
     bench = sub.add_parser("bench", help="benchmarks: 'kernel' (top-k kernel only) or a bundle path")
