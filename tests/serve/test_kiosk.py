@@ -112,14 +112,14 @@ def test_kiosk_in_headless_chromium(kiosk, tmp_path):
         assert before == [it.item_id for it in rec.recommend(user, K)]
 
         # results as you type: a prefix first, then the word
+        expected = [it.item_id for it in rec.search("espresso", K)]
         box = driver.find_element(By.ID, "q")
         box.send_keys("espre")
         box.send_keys("sso")
         results = driver.find_element(By.ID, "results")
-        wait.until(lambda d: results.get_attribute("data-ids"))
+        wait.until(lambda d: (results.get_attribute("data-ids") or "").split() == expected)  # "espre" may show first
         titles = [e.text for e in results.find_elements(By.CSS_SELECTOR, ".card .title")]
-        assert titles and "Espresso" in titles[0], titles
-        assert results.get_attribute("data-ids").split() == [it.item_id for it in rec.search("espresso", K)]
+        assert len(titles) == K and "Espresso" in titles[0], titles
 
         # a click: recorded as an event, the recommendations follow it, similar items shown
         first = results.find_element(By.CSS_SELECTOR, ".card")
@@ -140,7 +140,7 @@ def test_kiosk_in_headless_chromium(kiosk, tmp_path):
         # the rows were recorded as impressions, and the click joined with the search row's
         wait.until(lambda d: "similar" in rec.events.click_through())
         ct = rec.events.click_through()
-        assert ct["search"] == (K, 1), ct
+        assert ct["search"][0] in (K, 2 * K) and ct["search"][1] == 1, ct  # 2K: "espre" got an answer too
         assert ct["recommended"][0] >= 2 * K and ct["recommended"][1] == 0, ct
 
         shot = tmp_path / "kiosk.png"
