@@ -168,3 +168,9 @@ def test_serve_ui_flag_in_a_real_process(bundle_and_key, tmp_path):
     finally:
         code, err = _stop(proc)
     assert code == 0 and "Traceback" not in err, err
+
+
+def test_without_chromium_the_test_fails_naming_the_setup_step(monkeypatch, tmp_path):
+    monkeypatch.setitem(globals(), "CHROMIUM", str(tmp_path / "no-chromium"))
+    with pytest.raises(pytest.fail.Exception, match=r"scripts/setup\.sh --system"):
+        _driver(tmp_path)
