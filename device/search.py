@@ -18,7 +18,7 @@ finds at rank 1 loses to items both find further down (docs/search.md).
 
 Personalised search (optional per call, hybrid mode only): with the shopper's user vector u (the
 user tower over their history, as ``recommend`` uses it) the fused score gains a small re-rank
-term over the same candidates, ``+ w_user · cos(u, v_j)``, so the items like what the shopper
+term over the same candidates, ``+ w_user · (w_dense + w_lexical) · cos(u, v_j)``, so the items like what the shopper
 keeps choosing move up among those the query found; no history, no term (the plain search).
 ``w_user`` was picked by a measurement on the demo shop's held-out shoppers
 (scripts/bench_search_personal.py, docs/search.md).
@@ -76,7 +76,7 @@ class SearchParams:
     w_dense: float = 1.0
     w_lexical: float = 0.5
     candidates: int = 100
-    #: the weight of cos(user vector, item) in a personalised search (none without a user)
+    #: the personal term's share of the fused score's span (:attr:`user_weight`; none without a user)
     w_user: float = W_USER
 
     def __post_init__(self) -> None:
@@ -101,6 +101,12 @@ class SearchParams:
             raise BundleError(f"manifest search entry must be an object of kind {KIND!r}, got {entry!r:.200}")
         fields = {f: entry[f] for f in ("w_dense", "w_lexical", "candidates", "w_user") if f in entry}
         return cls(**fields)
+
+    @property
+    def user_weight(self) -> float:
+        """The personal term's weight: ``w_user`` × (w_dense + w_lexical), a share of the fused
+        score's span, so one ``w_user`` carries over between bundles whose fitted w_lexical differ."""
+        return self.w_user * (self.w_dense + self.w_lexical)
 
     def to_manifest(self) -> dict[str, Any]:
         return {"kind": KIND, **asdict(self)}
@@ -332,10 +338,11 @@ def fuse(
     user_cos: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The k best (rows, fused scores) of the candidates: w_dense · cosine + w_lexical · lexical
-    (+ w_user · ``user_cos``, the candidates' cosine to the shopper's vector, when given)."""
+    (+ :attr:`SearchParams.user_weight` · ``user_cos``, the candidates' cosine to the shopper's
+    vector, when given)."""
     score = np.float32(params.w_dense) * cos + np.float32(params.w_lexical) * lex
     if user_cos is not None:
-        score = score + np.float32(params.w_user) * np.asarray(user_cos, np.float32)
+        score = score + np.float32(params.user_weight) * np.asarray(user_cos, np.float32)
     o = order(score, cand)[:k]
     return cand[o], score[o]
 
@@ -416,7 +423,7 @@ def ranked(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`search` for a cleaned query whose vector ``q`` is already made (the export embeds its
     query sets in batches): the k best (rows, scores). ``user``: the shopper's vector (hybrid
-    only): the fused candidates re-ranked with ``w_user · cos(user, item)``; on a catalog without
+    only): the fused candidates re-ranked with ``user_weight · cos(user, item)``; on a catalog without
     FTS the candidates are the dense scan's ``max(candidates, k)`` best. ``lexical_result``: see
     :func:`candidates`."""
     if user is not None and mode != "hybrid":

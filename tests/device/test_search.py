@@ -110,7 +110,7 @@ def _ref_bm25(items: list[dict], words: list[str], prefix_last: bool, any_word: 
 
 def _ref_search(cat: Catalog, items, text, k, mask, p, enc, user=None) -> list[tuple[int, float]]:
     """The fused ranking recomputed from its definition with every row a candidate (candidates ≥ N);
-    ``user``: a personalised search's user vector (+ w_user · its cosine to each row)."""
+    ``user``: a personalised search's user vector (+ w_user · (w_dense + w_lexical) · its cosine to each row)."""
     text = srch.clean_query(text)
     q = enc.encode([text])[0].astype(np.float64)
     words, prefix = srch.query_words(text, cat.lexical)
@@ -130,7 +130,9 @@ def _ref_search(cat: Catalog, items, text, k, mask, p, enc, user=None) -> list[t
     for r in allowed:
         v = cat.rows[r].astype(np.float64) * float(cat.scales[r])
         f = p.w_lexical * (max(lex.get(r, 0.0), 0.0) / top if top > 0 else 0.0)
-        personal = 0.0 if user is None else p.w_user * float(v @ np.asarray(user, np.float64))
+        personal = (
+            0.0 if user is None else p.w_user * (p.w_dense + p.w_lexical) * float(v @ np.asarray(user, np.float64))
+        )
         scored.append((-(p.w_dense * float(v @ q) + f + personal), r))
     scored.sort()
     return [(r, -s) for s, r in scored[:k]]

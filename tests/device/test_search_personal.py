@@ -87,7 +87,7 @@ def test_personalised_without_fts_re_ranks_the_dense_candidates(cat, monkeypatch
     p = srch.SearchParams(candidates=100, w_user=0.5)
     rows, scores = srch.search(c2, enc, "aurora quantum", 5, params=p, user=u)
     v = c2.vectors(np.arange(len(c2)))
-    want = v @ enc.encode(["aurora quantum"])[0] + 0.5 * (v @ u)
+    want = v @ enc.encode(["aurora quantum"])[0] + 0.5 * (1.0 + 0.5) * (v @ u)  # w_user · (w_dense + w_lexical)
     ref = sorted(range(len(c2)), key=lambda r: (-want[r], r))[:5]
     assert rows.tolist() == ref
     np.testing.assert_allclose(scores, want[ref], rtol=1e-5, atol=1e-6)
