@@ -165,6 +165,14 @@ def load_board(name_or_path: str | Path) -> BoardConfig:
     return read_board(name_or_path)[0]
 
 
+def runtime_settings(name_or_path: str | Path) -> tuple[int, list | None, list | None, Any]:
+    """(threads, onnxruntime providers, GPU providers, the scan planner) a Recommender runs with on a board."""
+    from shelfrank.device.planner import Planner
+
+    cfg = load_board(name_or_path)
+    return cfg.threads, cfg.ort_providers(), cfg.gpu_ort_providers(), Planner(cfg.first_pass, cfg.first_pass_r)
+
+
 def read_board(name_or_path: str | Path) -> tuple[BoardConfig, str]:
     """:func:`load_board`, with the TOML text it decoded (flash carries a board file to the target).
 

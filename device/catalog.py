@@ -278,6 +278,38 @@ class Catalog:
             )
         return out
 
+    @property
+    def category_codes(self) -> np.ndarray:
+        """(N,) int32: each row's category as a code into :attr:`categories` (-1: no category)."""
+        return self._cat_codes
+
+    @property
+    def categories(self) -> list[str]:
+        """The category names of this catalog version, by code."""
+        return list(self._cat_vocab)
+
+    def with_stock(self, rows: np.ndarray, in_stock: np.ndarray, price: np.ndarray) -> Catalog:
+        """This catalog with live stock and prices for ``rows`` (device/stock.py): a shallow copy sharing
+        everything but the two columns, so a query holding this one never sees a half-applied update.
+
+        Per row: ``in_stock`` -1 (unchanged), 0 or 1; ``price`` the new price, NaN (unknown) or inf
+        (unchanged)."""
+        import copy
+
+        new = copy.copy(self)
+        new._price_list = array("d", self._price_list)
+        new.price = np.frombuffer(new._price_list, np.float64)
+        stock = np.array(self.in_stock, np.int8)
+        rows = np.asarray(rows, np.int64)
+        set_stock = np.asarray(in_stock) >= 0
+        stock[rows[set_stock]] = np.asarray(in_stock)[set_stock]
+        set_price = ~np.isinf(np.asarray(price, np.float64))
+        new.price[rows[set_price]] = np.asarray(price, np.float64)[set_price]  # writes _price_list too
+        new.in_stock = stock.view(bool)
+        for a in (new.price, new.in_stock):
+            a.flags.writeable = False
+        return new
+
     _pop_order: np.ndarray | None = None
 
     def popularity_order(self) -> np.ndarray:
@@ -286,6 +318,22 @@ class Catalog:
         if self._pop_order is None:  # two threads may both sort once: the same answer
             self._pop_order = np.lexsort((np.arange(len(self)), -self.popularity))
         return self._pop_order
+
+    def popular_rows(self, k: int, mask: np.ndarray | None, skip: frozenset[int] = frozenset()) -> list[int]:
+        """The ``k`` most popular rows ``mask`` allows, leaving out ``skip`` (ties to the lower row; a
+        NaN/inf popularity never ranks): the head of :meth:`popularity_order` walked in growing
+        blocks, the same rows as sorting the masked popularity without a sort per call."""
+        order, pop = self.popularity_order(), self.popularity
+        rows: list[int] = []
+        start, step = 0, k + len(skip)
+        while len(rows) < k and start < len(order):
+            blk = order[start : start + step]
+            ok = np.isfinite(pop[blk])
+            if mask is not None:
+                ok &= mask[blk]
+            rows += [r for r in blk[ok].tolist() if r not in skip][: k - len(rows)]
+            start, step = start + step, step * 4
+        return rows
 
     def title(self, row: int) -> str:
         """The title of one row (from memory)."""

@@ -21,15 +21,17 @@ import numpy as np
 from shelfrank.device import bundle as bfmt
 from shelfrank.device.arguments import check_options as _check_options
 from shelfrank.device.arguments import str_seq as _str_seq
+from shelfrank.device.boards import runtime_settings as _board_settings
 from shelfrank.device.catalog import POPULAR, Catalog, Item, Reason
-from shelfrank.device.codes import mean_digest
 from shelfrank.device.encoder import TextEncoder, make_session, open_text_encoder, provider_names
 from shelfrank.device.events import Event, EventStore
 from shelfrank.device.history import collapse, tower_feed
 from shelfrank.device.hybrid import hybrid, reasons
 from shelfrank.device.planner import Planner
 from shelfrank.device.ranker import RankerParams, mmr, step_weights
+from shelfrank.device.rules import Merchandising, RuleSet
 from shelfrank.device.state import state_dir_for as _state_dir_for
+from shelfrank.device.stock import StockResult, StockStore
 from shelfrank.device.text import ACTION_IDS
 from shelfrank.errors import BundleError, InputError
 
@@ -70,6 +72,8 @@ class Recommender:
         # which recommend() takes
         self._encoder_lock = threading.Lock()
         self.dim = manifest.model.dim
+        self.stock = StockStore(state_dir)  # live stock/price (device/stock.py), on every catalog opened
+        self.merch = Merchandising(state_dir)  # the merchandising rules (device/rules.py)
         self.catalog = self._newest_catalog()
         tower = manifest.user_tower
         if tower.kind != "sequence":
@@ -144,23 +148,10 @@ class Recommender:
     # ---- the catalog ----------------------------------------------------------------------------
 
     def _synced_catalog(self, newer_than: int) -> Catalog | None:
-        """The last catalog synced into the state folder, when it is newer than ``newer_than`` and
-        made for this bundle's model; None otherwise (an unusable one is logged and skipped)."""
-        from shelfrank.device.sync import CatalogStore
+        """The last catalog synced into the state folder, when newer than ``newer_than`` and usable."""
+        from shelfrank.device.sync import synced_catalog
 
-        synced = CatalogStore(self.state_dir).current()
-        if synced is None:
-            return None
-        version, path, meta = synced
-        if version <= newer_than or meta.get("model_sha256") != self.manifest["model"]["sha256"]:
-            return None
-        # codes derived with another bundle's mean (a re-export since that sync) are not used
-        same_mean = meta.get("codes_mean") in (None, mean_digest(self.catalog_mean))
-        try:
-            return self._open_catalog(path, version, codes=same_mean)
-        except BundleError as e:
-            logger.warning("synced catalog %s unusable (%s); keeps serving version %d", path, e, newer_than)
-            return None
+        return synced_catalog(self, newer_than)
 
     def _newest_catalog(self) -> Catalog:
         """The newer of the bundle's catalog and the last one synced into the state folder."""
@@ -170,7 +161,7 @@ class Recommender:
 
     def _open_catalog(self, path: Path, version: int, *, codes: bool = True) -> Catalog:
         mean = self.catalog_mean if codes else None
-        return Catalog(path, version=version, dim=self.dim, mean=mean, planner=self.planner)
+        return self.stock.apply(Catalog(path, version=version, dim=self.dim, mean=mean, planner=self.planner))
 
     def _swap_catalog(self, path: Path, version: int) -> None:
         new = self._open_catalog(path, version)
@@ -180,11 +171,20 @@ class Recommender:
     _synced_link: str | None = None  # the state folder's catalog/current target last looked at
 
     def refresh(self) -> bool:
-        """Serve a newer catalog that another process (``shelfrank sync``) installed into the state folder.
+        """Serve a newer catalog, rules or stock that another process (``shelfrank sync``) installed
+        into the state folder.
 
-        Cheap when nothing changed (one ``readlink``); safe to call from several threads. Returns
-        True when it swapped the catalog in.
+        Cheap when nothing changed (one ``readlink``, a ``stat`` of the rules and stock files); safe
+        to call from several threads. Returns True when something new serves.
         """
+        swapped = self._refresh_catalog()
+        if self.stock.changed():
+            with self._lock:
+                self.catalog = self.stock.apply(self.catalog)  # the stored updates: last writer wins
+            swapped = True
+        return self.merch.refresh() or swapped
+
+    def _refresh_catalog(self) -> bool:
         from shelfrank.device.sync import CatalogStore
 
         try:
@@ -209,6 +209,29 @@ class Recommender:
         from shelfrank.device.sync import sync
 
         return sync(self, url_or_dir)
+
+    # ---- merchandising and live stock -----------------------------------------------------------
+
+    def set_rules(self, doc: Mapping[str, Any] | None):
+        """Set this device's own merchandising rules (a kiosk; ``formats.Rules`` as a dict), checked
+        against the served catalog and kept in ``STATE/rules/local.json``; they win over the published
+        rules until ``set_rules(None)``. The next call applies them (device/rules.py: the order).
+
+        Raises:
+            RulesError: the document breaks its format or names what the catalog lacks (the rules
+                that were serving keep serving).
+        """
+        return self.merch.set_local(doc, self.catalog)
+
+    def update_stock(self, updates: Mapping[str, Mapping[str, Any]], *, skip_unknown: bool = False) -> StockResult:
+        """Live ``{item_id: {"in_stock": bool, "price": float | None}}`` for items of the served catalog,
+        in one SQLite transaction (``STATE/stock.sqlite``), seen by the next call's ``where`` filters.
+
+        Raises:
+            StockError: not such a mapping, or over ``formats.MAX_STOCK_ITEMS`` entries.
+            UnknownItemError: ids the catalog lacks; nothing is applied unless ``skip_unknown`` (counted).
+        """
+        return self.stock.update(self, updates, skip_unknown=skip_unknown)
 
     # ---- events ------------------------------------------------------------------------------
 
@@ -313,19 +336,8 @@ class Recommender:
         has it (:meth:`recommend_many`: one batch scan for many shoppers).
         """
         if query is None:  # cold start: the bundle's popularity, best first, ties to the lower row
-            # the head of the catalog's popularity order, in growing blocks, keeping what the mask
-            # allows: the same rows as sorting the masked popularity, without a sort per call
-            order, pop = cat.popularity_order(), cat.popularity
-            rows: list[int] = []
-            start, step = 0, k + len(skip)
-            while len(rows) < k and start < len(order):
-                blk = order[start : start + step]
-                ok = np.isfinite(pop[blk])  # a NaN/inf popularity never ranks
-                if mask is not None:
-                    ok &= mask[blk]
-                rows += [r for r in blk[ok].tolist() if r not in skip][: k - len(rows)]
-                start, step = start + step, step * 4
-            return rows, [float(pop[r]) for r in rows]
+            rows = cat.popular_rows(k, mask, skip)
+            return rows, [float(cat.popularity[r]) for r in rows]
         if top is None:
             want = min(k + len(skip), len(cat))
             top = cat.topk(query, want, mask=mask, threads=self.threads)
@@ -368,9 +380,10 @@ class Recommender:
         """
         _check_options(k, diversity, ranker)
         cat = self.catalog  # one consistent catalog for the whole call
-        mask = cat.mask(where)
+        m = self.merch.at(cat, "recommend")  # and one set of rules
+        mask = m.mask(cat.mask(where))
         q = self._shopper(cat, user_id, exclude_seen)
-        return self._recommend_one(cat, q, self._plan(cat, q, k, diversity, ranker), k, mask, diversity, exclude_seen)
+        return self._recommend_one(cat, q, self._plan(cat, q, k, diversity, ranker, m), k, mask, diversity, m)
 
     def recommend_many(
         self,
@@ -394,11 +407,12 @@ class Recommender:
         users = _str_seq("user_ids", user_ids)
         _check_options(k, diversity, ranker)
         cat = self.catalog
-        mask = cat.mask(where)
+        m = self.merch.at(cat, "recommend")
+        mask = m.mask(cat.mask(where))
         out: list[list[Item]] = []
         for start in range(0, len(users), BATCH):
             shoppers = [self._shopper(cat, u, exclude_seen) for u in users[start : start + BATCH]]
-            plans = [self._plan(cat, q, k, diversity, ranker) for q in shoppers]
+            plans = [self._plan(cat, q, k, diversity, ranker, m) for q in shoppers]
             scan = [i for i, p in enumerate(plans) if p.want > 0]
             tops: dict[int, tuple[np.ndarray, np.ndarray]] = {}
             if scan:
@@ -409,7 +423,7 @@ class Recommender:
                 # wider answer are exactly what a scan for `want` gives
                 tops = {i: (ids[j, : plans[i].want], scores[j, : plans[i].want]) for j, i in enumerate(scan)}
             for i, (q, plan) in enumerate(zip(shoppers, plans, strict=True)):
-                out.append(self._recommend_one(cat, q, plan, k, mask, diversity, exclude_seen, tops.get(i)))
+                out.append(self._recommend_one(cat, q, plan, k, mask, diversity, m, tops.get(i)))
         return out
 
     def _shopper(self, cat: Catalog, user_id: str, exclude_seen: bool) -> _Shopper:
@@ -421,10 +435,10 @@ class Recommender:
             rows = cat.index.rows_of([e.item_id for e in events])
             seen = frozenset(rows[rows >= 0].tolist())
         u, steps = self._user_state(user_id, cat, (gen, events))
-        return _Shopper(u, steps, seen)
+        return _Shopper(u, steps, seen, exclude_seen)
 
-    def _plan(self, cat: Catalog, q: _Shopper, k: int, diversity: float, ranker: str) -> _Plan:
-        pool = max(50, 5 * k) if diversity > 0 else k
+    def _plan(self, cat: Catalog, q: _Shopper, k: int, diversity: float, ranker: str, m: RuleSet) -> _Plan:
+        pool = m.pool(k, max(50, 5 * k) if diversity > 0 else k)  # more candidates when rules reorder
         if q.u is None:
             return _Plan("popular", pool, 0)
         if self.ranker is None or ranker == "tower":
@@ -439,28 +453,29 @@ class Recommender:
         k: int,
         mask: np.ndarray | None,
         diversity: float,
-        exclude_seen: bool,
+        m: RuleSet,
         top: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> list[Item]:
+        keep = m.keep(k, plan.pool)  # what MMR orders: k, or the whole pool when rules follow (device/rules.py)
         if plan.path != "hybrid":
             rows, scores = self._rank_rows(cat, q.u, plan.pool, mask, q.seen, top)
             if diversity > 0 and len(rows) > 1:
                 r = np.asarray(rows, np.int64)
-                pick = mmr(r, np.asarray(scores, np.float32), cat.vectors(r), k, float(diversity))
+                pick = mmr(r, np.asarray(scores, np.float32), cat.vectors(r), keep, float(diversity))
                 rows, scores = [rows[i] for i in pick], [scores[i] for i in pick]
-            rows, scores = rows[:k], scores[:k]
+            rows, scores, pins = m.apply(rows, scores, k, mask, q.seen)
             if plan.path == "popular":
-                return cat.items(rows, scores, score_kind="popularity", reasons=POPULAR)
+                return m.items(cat, rows, scores, "popularity", POPULAR, pins)
             why = self._reasons(cat, np.asarray(rows, np.int64), q.steps, None)
-            return cat.items(rows, scores, score_kind="cosine", reasons=why)
+            return m.items(cat, rows, scores, "cosine", why, pins)
         hist = step_weights(q.steps, self.ranker)
-        h_rows, scores = self._hybrid(cat, q.u, q.steps, plan.pool, mask, q.seen, not exclude_seen, top)
+        h_rows, scores = self._hybrid(cat, q.u, q.steps, plan.pool, mask, q.seen, not q.seen_excluded, top)
         if diversity > 0 and len(h_rows) > 1:
-            pick = mmr(h_rows, scores, cat.vectors(h_rows), k, float(diversity))
+            pick = mmr(h_rows, scores, cat.vectors(h_rows), keep, float(diversity))
             h_rows, scores = h_rows[pick], scores[pick]
-        h_rows, scores = h_rows[:k], scores[:k]
-        why = self._reasons(cat, h_rows, q.steps, hist)
-        return cat.items(h_rows.tolist(), scores.tolist(), score_kind="fused", reasons=why)
+        rows, scores, pins = m.apply(h_rows.tolist(), scores.tolist(), k, mask, q.seen)
+        why = self._reasons(cat, np.asarray(rows, np.int64), q.steps, hist)
+        return m.items(cat, rows, scores, "fused", why, pins)
 
     def _reasons(self, cat: Catalog, rows: np.ndarray, steps: list[tuple[int, int]], hist) -> list[Reason]:
         """Why each of ``rows`` is recommended (device/hybrid.py ``reasons``)."""
@@ -481,10 +496,13 @@ class Recommender:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")
         cat = self.catalog  # one consistent catalog for the whole call
-        row = cat.row(item_id)
-        rows, scores = self._rank_rows(cat, cat.vectors(np.array([row]))[0], k, cat.mask(where), frozenset((row,)))
+        m = self.merch.at(cat, "similar")  # and one set of rules
+        row, mask = cat.row(item_id), m.mask(cat.mask(where))
+        skip = frozenset((row,))
+        rows, scores = self._rank_rows(cat, cat.vectors(np.array([row]))[0], m.pool(k, k), mask, skip)
+        rows, scores, pins = m.apply(rows, scores, k, mask, skip)
         why = Reason("similar", (item_id,), f"similar to “{cat.title(row)}”")
-        return cat.items(rows, scores, score_kind="cosine", reasons=why)
+        return m.items(cat, rows, scores, "cosine", why, pins)
 
     def search_many(self, texts: Sequence[str], k: int = 10, **options: Any) -> list[list[Item]]:
         """:meth:`search` for many queries: one result list per text, in their order, each equal to
@@ -569,6 +587,7 @@ class _Shopper(NamedTuple):
     u: np.ndarray | None
     steps: list[tuple[int, int]]
     seen: frozenset[int]
+    seen_excluded: bool  # exclude_seen: the hybrid may then not bring a seen item back
 
 
 class _Plan(NamedTuple):
@@ -578,10 +597,3 @@ class _Plan(NamedTuple):
     path: str
     pool: int
     want: int
-
-
-def _board_settings(board: str) -> tuple[int, list | None, list | None, Planner]:
-    from shelfrank.device.boards import load_board
-
-    cfg = load_board(board)
-    return cfg.threads, cfg.ort_providers(), cfg.gpu_ort_providers(), Planner(cfg.first_pass, cfg.first_pass_r)

@@ -16,6 +16,12 @@ own ``Catalog`` before anything points at it: content a decoder cannot see (a ba
 snapshot's SQLite) fails there, and the catalog that was serving keeps serving. It is then renamed
 into ``state/catalog/<version>`` and made current by replacing one symlink, so a kill -9 at any
 point leaves the old or the new catalog, never a mix. The previous version is kept for rollback.
+
+The index may also name the merchandising rules and the live stock feed (``rules``, ``stock``:
+device/rules.py, device/stock.py), each with its own version, fetched like any file and checked
+against the catalog about to serve; they are installed for it before it serves. A bad one raises
+(``RulesError``/``StockError``, both SyncErrors) after the catalog part is done, and the previous
+rules or stock keep serving.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from shelfrank.device.codes import derive_codes, mean_digest
 from shelfrank.device.delta import apply_delta, check_rows, read_delta
 from shelfrank.device.formats import DeltaRef, FileRef, IndexSigned, ItemRecord
 from shelfrank.device.sync_sources import DirSource, HttpSource, SyncLimits, source_for
-from shelfrank.errors import InputError, SyncError
+from shelfrank.errors import BundleError, InputError, SyncError
 
 # re-exported: the sources and the delta steps were part of this module
 __all__ = [
@@ -93,6 +99,8 @@ class SyncResult:
     to_version: int
     method: str  # "delta", "snapshot" or "up to date"
     downloaded_bytes: int = 0
+    rules: str = "none"  # what became of the index's rules.json: "none", "up to date", "version N"
+    stock: str = "none"  # and of its stock.json (device/stock.py)
 
 
 # ---- the catalog store in the state folder ------------------------------------------------------
@@ -208,6 +216,25 @@ def _apply_chain(rec, src, chain: list[DeltaRef], downloads: Path) -> tuple[Cata
     return data, total
 
 
+def synced_catalog(rec, newer_than: int):
+    """The last catalog synced into ``rec``'s state folder (opened with ``rec._open_catalog``), when it
+    is newer than ``newer_than`` and made for the bundle's model; None otherwise (an unusable one is
+    logged and skipped)."""
+    synced = CatalogStore(rec.state_dir).current()
+    if synced is None:
+        return None
+    version, path, meta = synced
+    if version <= newer_than or meta.get("model_sha256") != rec.manifest["model"]["sha256"]:
+        return None
+    # codes derived with another bundle's mean (a re-export since that sync) are not used
+    same_mean = meta.get("codes_mean") in (None, mean_digest(rec.catalog_mean))
+    try:
+        return rec._open_catalog(path, version, codes=same_mean)
+    except BundleError as e:
+        logger.warning("synced catalog %s unusable (%s); keeps serving version %d", path, e, newer_than)
+        return None
+
+
 def codes_mean(root: Path) -> str | None:
     """The digest of the mean a synced catalog's codes were derived with (None: a bundle's catalog,
     or one synced before codes existed)."""
@@ -278,6 +305,9 @@ def sync(
             refuses. Whatever fails, the catalog that was serving keeps serving.
         InputError: ``now`` is naive.
         BoardLimitError: the catalog is above the board's ``max_catalog_items``.
+        RulesError, StockError: the index's rules or stock document is refused (a rollback, a bad
+            field, a name the catalog lacks); the catalog part is done, the previous rules or stock
+            keep serving.
     """
     if now is not None and now.utcoffset() is None:
         raise InputError("now must be timezone-aware (e.g. datetime.now(timezone.utc))")
@@ -295,8 +325,17 @@ def sync(
     now = now or _dt.datetime.now(_dt.timezone.utc)
     if index.expires <= now:
         raise SyncError(f"{where}: expired at {index.expires.isoformat()} (a stale or frozen publisher)")
-    if version == current:
-        return SyncResult(str(src), current, current, "up to date")
+    if version == current:  # the catalog is; the rules and the stock feed may be newer
+        cat = rec.catalog
+        downloads = CatalogStore(rec.state_dir).downloads
+        new, notes, err = _extras(rec, src, index, downloads, cat)
+        if new is not cat:
+            with rec._lock:
+                rec.catalog = new if rec.catalog is cat else rec.stock.apply(rec.catalog)
+        _clean(downloads)
+        if err is not None:
+            raise err
+        return SyncResult(str(src), current, current, "up to date", 0, **notes)
     if index.model_sha256 != rec.manifest["model"]["sha256"]:
         raise SyncError(f"{where}: published for another encoder than this bundle's")
     if index.dim != rec.dim:
@@ -330,9 +369,52 @@ def sync(
     if data.codes is not None:
         meta["codes_mean"] = mean_digest(rec.catalog_mean)
     path = store.install(version, data, meta, check=check)
-    rec._swap_catalog(path, version)
-    for f in store.downloads.glob("*"):
+    # the rules and stock feed that came with it are checked against it and installed for it
+    # before it serves, so the first query on the new catalog already has them
+    new, notes, err = _extras(rec, src, index, store.downloads, rec._open_catalog(path, version))
+    with rec._lock:
+        rec.catalog = new  # one reference swap: a query already running keeps its catalog
+    _clean(store.downloads)
+    logger.info("synced catalog %d → %d by %s from %s (%d bytes)", current, version, method, src, total)
+    if err is not None:
+        raise type(err)(f"catalog synced to version {version}, but: {err}") from err
+    return SyncResult(str(src), current, version, method, total, **notes)
+
+
+def _clean(downloads: Path) -> None:
+    """Remove the verified downloads once applied (a ``.part`` stays: the next sync resumes it)."""
+    for f in downloads.glob("*"):
         if not f.name.endswith(".part"):
             f.unlink(missing_ok=True)
-    logger.info("synced catalog %d → %d by %s from %s (%d bytes)", current, version, method, src, total)
-    return SyncResult(str(src), current, version, method, total)
+
+
+def _extras(rec, src, index: IndexSigned, downloads: Path, cat) -> tuple[Any, dict[str, str], SyncError | None]:
+    """The merchandising rules and stock feed the index names, checked against ``cat`` (the catalog
+    about to serve) and installed for it: (``cat`` with the feed's stock, what became of each, the
+    first error: RulesError/StockError/SyncError, after which the previous rules or stock keep serving)."""
+    notes, err = {"rules": "none", "stock": "none"}, None
+    refs = (("rules", index.rules, formats.RULES_MAX_BYTES), ("stock", index.stock, formats.STOCK_MAX_BYTES))
+    for name, ref, cap in refs:
+        if ref is None:
+            continue
+        where = f"{src}/{ref.path}"
+        try:
+            if ref.size > cap:
+                raise SyncError(f"{where}: {ref.size} bytes, over the {cap} a {name} document may have; republish it")
+            raw = _fetch(src, ref, downloads)[0].read_bytes()
+            if name == "rules":
+                doc = rec.merch.check_published(raw, cat, where)
+                if doc is not None:
+                    rec.merch.install_published(doc, cat.version)
+                notes[name] = "up to date" if doc is None else f"version {doc.version}"
+            else:
+                feed = rec.stock.check_feed(raw, cat, where)
+                if feed is not None:
+                    cat, res = rec.stock.apply_feed(feed, cat, where)
+                    notes[name] = f"version {feed.version} ({res.applied} items, {res.skipped} unknown skipped)"
+                else:
+                    notes[name] = "up to date"
+        except SyncError as e:  # RulesError and StockError are SyncErrors too
+            logger.warning("%s", e)
+            notes[name], err = "refused", err or e
+    return cat, notes, err

@@ -14,9 +14,11 @@ One module per format, every name re-exported here (``formats.Manifest``):
 ``board``     a board config, ``firmware_configs/*.toml`` (``BoardConfig``)
 ``request``   the service's request bodies and ``decode_request``
 ``response``  the service's response bodies and ``service_schemas`` (for /openapi.json)
+``rules``     merchandising rules and the live stock feed (``Rules``, ``StockFeed``)
 ============  ==========================================================================
 
-Unknown fields: refused in request bodies and board TOML (a typo there is a mistake); ignored
+Unknown fields: refused in request bodies, board TOML and rules/stock documents (a typo there is
+a mistake); ignored
 with a log line in the manifest, the catalog index and deltas (forward compatibility).
 """
 
@@ -130,6 +132,25 @@ from shelfrank.device.formats.response import (
     UserItems,
     service_schemas,
 )
+from shelfrank.device.formats.rules import (
+    MAX_STOCK_ITEMS,
+    RULES_FORMAT,
+    RULES_MAX_BYTES,
+    RULES_NAME,
+    STOCK_FORMAT,
+    STOCK_MAX_BYTES,
+    STOCK_NAME,
+    SURFACES,
+    Boost,
+    Pin,
+    Rules,
+    Selector,
+    StockEntry,
+    StockFeed,
+    decode_rules,
+    decode_stock_feed,
+    decode_stock_items,
+)
 
 __all__ = [
     "BOARD_KEYS",
@@ -146,15 +167,24 @@ __all__ = [
     "MAX_DELTAS",
     "MAX_ID_CHARS",
     "MAX_K",
+    "MAX_STOCK_ITEMS",
     "PRECISIONS",
     "REASONS",
     "REQUEST_BODIES",
     "RESPONSE_BODIES",
     "ROW_SCALE_MAX",
+    "RULES_FORMAT",
+    "RULES_MAX_BYTES",
+    "RULES_NAME",
     "SAFE_REL_PATH_PATTERN",
     "SCORE_KINDS",
+    "STOCK_FORMAT",
+    "STOCK_MAX_BYTES",
+    "STOCK_NAME",
+    "SURFACES",
     "Action",
     "BoardConfig",
+    "Boost",
     "BundleStatus",
     "CatalogEntry",
     "CatalogStatus",
@@ -178,6 +208,7 @@ __all__ = [
     "ModelEntry",
     "Name",
     "NonNegativeInt",
+    "Pin",
     "PositiveInt",
     "ProviderName",
     "Ranker",
@@ -190,12 +221,14 @@ __all__ = [
     "RequestCounts",
     "RequestItemId",
     "RequestUserId",
+    "Rules",
     "SafeRelPath",
     "SearchManyRequest",
     "SearchManyResponse",
     "SearchRequest",
     "SearchResponse",
     "SearchText",
+    "Selector",
     "Sha256Hex",
     "ShortText",
     "SimilarRequest",
@@ -203,6 +236,8 @@ __all__ = [
     "SmallPositiveInt",
     "SnapshotRef",
     "StatusResponse",
+    "StockEntry",
+    "StockFeed",
     "StringOrList",
     "TextEntry",
     "TextItems",
@@ -220,6 +255,9 @@ __all__ = [
     "decode_index_signed",
     "decode_json",
     "decode_request",
+    "decode_rules",
+    "decode_stock_feed",
+    "decode_stock_items",
     "encode_delta_changes",
     "encode_index_signed",
     "explain",

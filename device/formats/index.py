@@ -29,6 +29,8 @@ from shelfrank.errors import SyncError
 #     index.json                {"signed": IndexSigned, "signature": hex, "key_id": hex}
 #     snapshots/<v>/            the catalog files of version v (catalog_files.FILES)
 #     deltas/<a>-<b>/           changes.json (DeltaChanges), rows.i8.npy, scales.f32.npy
+#     rules/<n>.json            merchandising rules (formats/rules.py), when published (signed: "rules")
+#     stock/<n>.json            the live stock feed (formats/rules.py), when published (signed: "stock")
 #
 # The signature covers ``bundle.canonical_json`` of the *raw* signed object, so fields a newer
 # publisher adds stay covered: the envelope decodes to builtins, the signature is checked, and only
@@ -122,6 +124,10 @@ class IndexSigned(msgspec.Struct, frozen=True, kw_only=True):
     created_at: _AwareDatetime | None = None
     count: NonNegativeInt | None = None
     deltas: Annotated[list[DeltaRef], Meta(max_length=MAX_DELTAS)] = []
+    #: the merchandising rules and the live stock feed (device/formats/rules.py), when published:
+    #: each has its own version inside, so a new one re-signs this index without a catalog version
+    rules: FileRef | None = None
+    stock: FileRef | None = None
 
     def __post_init__(self) -> None:
         if self.snapshot.version != self.version:

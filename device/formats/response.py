@@ -19,8 +19,9 @@ class _Out(msgspec.Struct):
 
 #: why an item is in an answer (``Item.reason``): the shopper's recent items (the user tower, or an
 #: item seen before), the co-occurrence neighbours of their recent items (the hybrid ranker), the
-#: bundle's popularity (a shopper without history), a text query, or closeness to one item (similar)
-REASONS = ("history", "co-occurrence", "popular", "search", "similar")
+#: bundle's popularity (a shopper without history), a text query, closeness to one item (similar), or
+#: the shop's merchandising rules (pinned: device/rules.py)
+REASONS = ("history", "co-occurrence", "popular", "search", "similar", "pinned")
 #: what ``Item.score`` measures: cosine similarity to the query (user vector, item or text), a
 #: fused score (the hybrid ranker, hybrid search), BM25 relative to the best match (lexical
 #: search), or the bundle's popularity (cold start)
@@ -56,7 +57,8 @@ class Item(_Out):
         Meta(
             description="history: close to the shopper's recent item in reason_items; co-occurrence: often "
             "chosen with the recent items in reason_items (best first); popular: a shopper without history; "
-            "search: matches the text; similar: close to the item in reason_items."
+            "search: matches the text; similar: close to the item in reason_items; pinned: placed by the shop's "
+            "merchandising rules."
         ),
     ]
     reason_items: Annotated[list[str], Meta(description="The item ids that drove the reason (may be empty).")]

@@ -64,3 +64,12 @@ class RequestBodyError(InputError):
 
 class EventStoreBusyError(ShelfrankError):
     """The event store could not finish a write-out (another connection holds an old snapshot); retry."""
+
+
+class RulesError(InputError, SyncError):
+    """A merchandising rules document is unusable (set locally: an input error; synced: a sync
+    error); the message names the field and the fix, and the previous rules keep serving."""
+
+
+class StockError(InputError, SyncError):
+    """A live stock/price update or feed is unusable; nothing of it is applied."""
