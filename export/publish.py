@@ -324,3 +324,52 @@ def publish_stock(out: str | Path, updates: dict[str, Any], *, key, now: _dt.dat
     _write_signed(out, f"stock/{version}.json", body, signed_raw, "stock", key)
     logger.info("published stock feed version %d (%d items) for catalog version %d", version, len(items), index.version)
     return body
+
+
+def publish_update(
+    bundle: str | Path,
+    out: str | Path,
+    *,
+    key,
+    items: str | Path | None = None,
+    rules: str | Path | None = None,
+    stock: str | Path | None = None,
+    expires_days: float = 30.0,
+) -> list[str]:
+    """``shelfrank publish``: the catalog in ``items`` (a new version), then the rules document in
+    ``rules`` and the stock updates in ``stock`` (JSON files), each when given; one line per part.
+
+    Raises:
+        ExportValidationError: none of the three given, a file that is not JSON, or what
+            :func:`publish`, :func:`publish_rules` and :func:`publish_stock` raise.
+    """
+    from shelfrank.export.data import load_items
+
+    if items is None and rules is None and stock is None:
+        raise ExportValidationError("publish: nothing to publish; give --items, --rules or --stock")
+    lines = []
+    if items is not None:
+        signed = publish(bundle, out, load_items(items), key=key, expires_days=expires_days)
+        lines.append(
+            f"published catalog version {signed['version']} ({signed['count']:,} items) to {out}; "
+            f"expires {signed['expires']}"
+        )
+    if rules is not None:
+        body = publish_rules(out, _json_file(rules, "--rules"), key=key)
+        lines.append(f"published rules version {body['version']} to {out}")
+    if stock is not None:
+        body = publish_stock(out, _json_file(stock, "--stock"), key=key)
+        lines.append(
+            f"published stock feed version {body['version']} ({len(body['items']):,} items) for catalog "
+            f"version {body['catalog_version']} to {out}"
+        )
+    return lines
+
+
+def _json_file(path: str | Path, option: str) -> Any:
+    try:
+        return msgspec.json.decode(Path(path).read_bytes())
+    except OSError as e:
+        raise ExportValidationError(f"{option} {path}: cannot read ({e.strerror or e})") from e
+    except msgspec.DecodeError as e:
+        raise ExportValidationError(f"{option} {path}: not valid JSON ({e})") from e

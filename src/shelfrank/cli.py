@@ -149,16 +149,11 @@ def _export(args: argparse.Namespace) -> int:
 def _cmd_publish(args: argparse.Namespace) -> int:
     _log_progress()
     from shelfrank.device.bundle import load_private_key
-    from shelfrank.export.data import load_items
-    from shelfrank.export.publish import publish
+    from shelfrank.export.publish import publish_update
 
-    signed = publish(
-        args.bundle, args.out, load_items(args.items), key=load_private_key(args.key), expires_days=args.expires_days
-    )
-    print(
-        f"published catalog version {signed['version']} ({signed['count']:,} items) to {args.out}; "
-        f"expires {signed['expires']}"
-    )
+    key = load_private_key(args.key)
+    opts = dict(items=args.items, rules=args.rules, stock=args.stock, expires_days=args.expires_days)
+    print("\n".join(publish_update(args.bundle, args.out, key=key, **opts)))
     return 0
 
 
@@ -179,7 +174,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         rec.close()
     print(
         f"catalog {res.from_version} → {res.to_version} ({res.method}, "
-        f"{res.downloaded_bytes:,} bytes) from {res.source}"
+        f"{res.downloaded_bytes:,} bytes) from {res.source}; rules {res.rules}, stock {res.stock}"
     )
     return 0
 
@@ -339,9 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.set_defaults(func=_cmd_export)
 
-    pb = sub.add_parser("publish", help="publish a catalog update (signed index + snapshot + delta)")
+    pb = sub.add_parser("publish", help="publish a catalog update (signed index + snapshot + delta), rules, stock")
     pb.add_argument("--bundle", required=True, help="the bundle the devices run (its encoder embeds new items)")
-    pb.add_argument("--items", required=True, help="the shop's whole current item list (CSV/JSONL/Parquet)")
+    pb.add_argument("--items", help="the shop's whole current item list (CSV/JSONL/Parquet): a new catalog version")
+    pb.add_argument("--rules", help="a merchandising rules document (JSON, docs/device.md) for the devices")
+    pb.add_argument("--stock", help='live stock/price, JSON {item_id: {"in_stock": bool, "price": number}}')
     pb.add_argument("--out", required=True, help="the folder a static HTTP server or CDN serves")
     pb.add_argument("--key", required=True, help="the publisher's Ed25519 private key")
     pb.add_argument("--expires-days", type=float, default=30.0, help="devices refuse the index after this")

@@ -321,3 +321,35 @@ def test_a_serving_process_sees_rules_another_process_synced(published, cdn, tmp
     finally:
         serving.close()
         syncing.close()
+
+
+def test_the_cli_publishes_rules_and_stock_and_sync_says_so(published, cdn, tmp_path, capsys):
+    from shelfrank.cli import main
+
+    key = str(_key_path(published))
+    rules, stock = tmp_path / "rules.json", tmp_path / "stock.json"
+    rules.write_text(json.dumps({"pin": [{"item_id": "NEW-3", "position": 1}], "category_caps": {"*": 3}}))
+    stock.write_text(json.dumps({"NEW-3": {"price": 42.0}}))
+    argv = ["publish", "--bundle", str(published["bundle"]), "--out", str(cdn), "--key", key]
+    assert main([*argv, "--rules", str(rules), "--stock", str(stock)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"published rules version 1 to {cdn}",
+        f"published stock feed version 1 (1 items) for catalog version 3 to {cdn}",
+    ]
+    state = ["--public-key", str(published["pub"]), "--state", str(tmp_path / "state")]
+    assert main(["sync", str(published["bundle"]), str(cdn), *state]) == 0
+    assert capsys.readouterr().out.strip().endswith("rules version 1, stock version 1 (1 items, 0 unknown skipped)")
+    with Recommender.open(published["bundle"], public_key=published["pub"], state_dir=tmp_path / "state") as r:
+        top = r.recommend("nobody", k=3)[0]
+        assert (top.item_id, top.price, top.reason) == ("NEW-3", 42.0, "pinned")
+    # bad input: one error line, no traceback
+    rules.write_text('{"pin": [{"item_id": "NEW-3"}]}')
+    for extra, needle in [
+        (["--rules", str(rules)], "'pin[0]': Object missing required field `position`"),
+        (["--rules", str(tmp_path / "none.json")], "cannot read"),
+        ([], "nothing to publish"),
+    ]:
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
