@@ -178,10 +178,7 @@ class Recommender:
         to call from several threads. Returns True when something new serves.
         """
         swapped = self._refresh_catalog()
-        if self.stock.changed():
-            with self._lock:
-                self.catalog = self.stock.apply(self.catalog)  # the stored updates: last writer wins
-            swapped = True
+        swapped = self.stock.refresh(self) or swapped  # another process's stock updates
         return self.merch.refresh() or swapped
 
     def _refresh_catalog(self) -> bool:

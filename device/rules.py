@@ -9,8 +9,10 @@ Order of application, every call:
 2. the ranker (and MMR) rank a pool of candidates, larger than ``k`` when a list rule is set.
 3. **boost** (an item moves up its boosts' positions) and **bury** (to the end, in order): one stable
    sort of the pool.
-4. **category_caps**: at most ``n`` items of a category in the list; the next candidates move up.
-5. **pin**: each pinned item at its position (reason ``pinned``), taken out of the rest of the list.
+4. **pin**: the pinned items are chosen (a filter pin: the best-ranked match, else the most popular)
+   and taken out of the list.
+5. **category_caps**: at most ``n`` items of a category in the list; the next candidates move up.
+6. the first ``k`` − pins remain, and each pin goes to its position (reason ``pinned``).
 
 Where the document comes from (``Merchandising.doc``): a **local** one (``Recommender.set_rules``,
 ``STATE/rules/local.json``: a kiosk) wins over the **published** one (``shelfrank publish --rules``,

@@ -88,6 +88,19 @@ class StockStore:
         self._stat = st
         return True
 
+    def refresh(self, rec) -> bool:
+        """Serve the updates another process wrote since this store last looked (one ``stat`` when
+        none did): every stored update on top of ``rec``'s catalog (last writer wins). True when it
+        swapped the catalog."""
+        if not self.changed():
+            return False
+        cat = rec.catalog
+        new = self.apply(cat)  # read outside the query lock
+        with rec._lock:
+            # a sync or an update swapped first (rare): the store read again, on top of what serves
+            rec.catalog = new if rec.catalog is cat else self.apply(rec.catalog)
+        return True
+
     def _meta(self, con: sqlite3.Connection, key: str, default: int = -1) -> int:
         row = con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return default if row is None else int(row[0])

@@ -83,8 +83,8 @@ class Pin(_Rule):
 
 class Rules(_Rule):
     """A merchandising rules document, applied on the device in this order (docs/device.md): allow,
-    deny (with the call's ``where``, as the scan's mask), then after ranking boost, bury,
-    ``category_caps`` (``"*"``: every category not named), pins."""
+    deny (with the call's ``where``, as the scan's mask), then after ranking boost and bury, pins
+    chosen, ``category_caps`` (``"*"``: every category not named), pins placed."""
 
     format_version: int
     version: NonNegativeInt = 0
