@@ -10,6 +10,8 @@ import shutil
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shelfrank.device import Recommender
 from shelfrank.device.formats import MAX_K, Rules
@@ -353,3 +355,85 @@ def test_the_cli_publishes_rules_and_stock_and_sync_says_so(published, cdn, tmp_
         assert main([*argv, *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+
+
+# ---- fuzz: whatever the document, success or a ShelfrankError ----------------------------------
+
+_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(["", "*", "Kitchen", "SKU-00001", "a\x00b", "2999-01-01T00:00:00+00:00", "recommend"]),
+    st.text(max_size=8),
+)
+_json = st.recursive(
+    _leaf,
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=6), kids, max_size=3),
+    max_leaves=10,
+)
+_VALID = {
+    "format_version": 1,
+    "surfaces": ["recommend", "similar"],
+    "allow": {"where": {"in_stock": True}},
+    "deny": {"ids": ["SKU-00002"], "where": {"brand": "Aurora"}},
+    "boost": [{"where": {"category": "Kitchen"}, "positions": 3}],
+    "bury": [{"where": {"max_price": 2.0}}],
+    "category_caps": {"Kitchen": 2, "*": 4},
+    "pin": [{"item_id": "SKU-00001", "position": 1}, {"where": {"category": "Coffee"}, "position": 4}],
+}
+
+
+def _mutate(doc, data):
+    """``doc`` with one to three values replaced by any JSON value, keys dropped or added."""
+    doc = json.loads(json.dumps(doc))
+    for _ in range(data.draw(st.integers(1, 3))):
+        node = doc
+        while isinstance(node, (dict, list)) and node and data.draw(st.booleans()):
+            key = data.draw(st.sampled_from(sorted(node) if isinstance(node, dict) else list(range(len(node)))))
+            if not isinstance(node[key], (dict, list)):
+                break
+            node = node[key]
+        if isinstance(node, dict) and node:
+            key = data.draw(st.sampled_from(sorted(node)))
+            op = data.draw(st.sampled_from(["replace", "drop", "add"]))
+            if op == "replace":
+                node[key] = data.draw(_json)
+            elif op == "drop":
+                del node[key]
+            else:
+                node[data.draw(st.text(max_size=6))] = data.draw(_json)
+        elif isinstance(node, list) and node:
+            node[data.draw(st.integers(0, len(node) - 1))] = data.draw(_json)
+    return doc
+
+
+@pytest.mark.fuzz
+def test_fuzz_rules_and_stock(rec):
+    from shelfrank.errors import ShelfrankError
+
+    rec.set_rules({"format_version": 1})  # the tiny bundle's catalog: SKU-00001 … exists
+    ok = ids(rec.recommend("nobody", k=5))
+
+    @settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.data())
+    def run(data):
+        doc = _mutate(_VALID, data) if data.draw(st.booleans()) else data.draw(_json)
+        try:
+            rec.set_rules(doc)
+        except ShelfrankError:
+            pass
+        try:
+            rec.merch.check_published(json.dumps(doc).encode(), rec.catalog, "fuzz")
+        except ShelfrankError:
+            pass
+        try:
+            rec.update_stock(data.draw(_json) if data.draw(st.booleans()) else {"SKU-00003": data.draw(_json)})
+        except ShelfrankError:
+            pass
+        rec.recommend("nobody", k=5)  # whatever was accepted serves
+        rec.similar("SKU-00001", k=3)
+
+    run()
+    rec.set_rules({"format_version": 1})
+    assert len(rec.recommend("nobody", k=5)) == len(ok)
