@@ -81,10 +81,16 @@ PLAIN = RuleSet()
 class Compiled(RuleSet):
     """One rules document against one catalog object: per-row arrays of what its selectors select."""
 
-    def __init__(self, doc: rfmt.Rules, cat: Catalog, *, strict: bool) -> None:
-        """Raises: RulesError (``strict`` only): a rule names a category, brand or pinned item id
+    def __init__(self, doc: rfmt.Rules, cat: Catalog, *, strict: bool, prev: Compiled | None = None) -> None:
+        """``prev``: this document compiled for the catalog ``cat`` was made from by a stock update
+        (the same rows): the selectors whose filter reads no stock or price are taken from it.
+
+        Raises: RulesError (``strict`` only): a rule names a category, brand or pinned item id
         this catalog lacks, or a filter value the catalog refuses."""
         self.doc, self.cat, self.strict = doc, cat, strict
+        same = prev is not None and prev.doc is doc and prev.cat.rows is cat.rows and prev.cat.version == cat.version
+        self._prev = prev.parts if same else {}
+        self.parts: dict[str, Any] = {}  # what each selector selected (read-only once made)
         n = len(cat)
         allowed = None
         if doc.allow is not None:
@@ -123,10 +129,7 @@ class Compiled(RuleSet):
                     continue
                 self.pins.append((p.position, int(row), None, None))
             else:
-                m = self._where(p.where, f"pin[{i}]")
-                cand = np.flatnonzero(m)
-                cand = cand[np.lexsort((cand, -cat.popularity[cand]))]  # most popular first, ties to the lower row
-                self.pins.append((p.position, -1, m, cand))
+                self.pins.append((p.position, -1, *self._filter_pin(p.where, f"pin[{i}]")))
         self.lists = bool(self.boost is not None or self.bury is not None or self.cap_limit is not None or self.pins)
 
     # ---- compiling ------------------------------------------------------------------------------
@@ -151,12 +154,32 @@ class Compiled(RuleSet):
             return np.zeros(len(self.cat), bool)
         return np.ones(len(self.cat), bool) if m is None else m
 
+    def _reused(self, where: Where | None, what: str) -> Any:
+        """The previous compile's part ``what`` when its filter reads no stock or price (else None)."""
+        f = None if where is None else where.as_filter()
+        if f is not None and {"in_stock", "min_price", "max_price"} & set(f):
+            return None
+        return self._prev.get(what)
+
     def _select(self, sel: rfmt.Selector, what: str) -> np.ndarray:
-        m = self._where(sel.where, what)
-        if sel.ids:
-            rows = self.cat.index.rows_of(sel.ids)
-            m[rows[rows >= 0]] = True
+        m = self._reused(sel.where, what)
+        if m is None:
+            m = self._where(sel.where, what)
+            if sel.ids:
+                rows = self.cat.index.rows_of(sel.ids)
+                m[rows[rows >= 0]] = True
+        self.parts[what] = m
         return m
+
+    def _filter_pin(self, where: Where | None, what: str) -> tuple[np.ndarray, np.ndarray]:
+        """(the rows a filter pin may take, those rows most popular first, ties to the lower row)."""
+        part = self._reused(where, what)
+        if part is None:
+            m = self._where(where, what)
+            cand = np.flatnonzero(m)
+            part = (m, cand[np.lexsort((cand, -self.cat.popularity[cand]))])
+        self.parts[what] = part
+        return part
 
     # ---- one call -------------------------------------------------------------------------------
 
@@ -281,7 +304,8 @@ class Merchandising:
         hit = self._compiled
         if hit is not None and hit[0] is doc and hit[1] is cat:
             return hit[2]
-        c = Compiled(doc, cat, strict=False)  # two threads may both compile: the same answer
+        # two threads may both compile: the same answer; after a stock update most parts carry over
+        c = Compiled(doc, cat, strict=False, prev=hit[2] if hit is not None else None)
         self._compiled = (doc, cat, c)
         return c
 

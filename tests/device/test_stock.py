@@ -226,3 +226,24 @@ def test_bad_feeds_keep_the_previous_stock(srec, published, cdn):
     assert srec.sync(cdn).stock == "version 6 (1 items, 1 unknown skipped)" and srec.catalog.in_stock[row]
     _resign_stock(cdn, key, {**feed, "catalog_version": 2, "version": 7, "items": {"NEW-3": {"in_stock": False}}})
     assert srec.sync(cdn).stock == "up to date" and srec.catalog.in_stock[row]
+
+
+def test_rules_that_read_stock_follow_it(rec):
+    base = rec.recommend("nobody", k=10)
+    cat0 = base[3].category
+    rec.set_rules(
+        {
+            "format_version": 1,
+            "allow": {"where": {"in_stock": True}},
+            "boost": [{"where": {"category": cat0}, "positions": 100}],
+            "pin": [{"where": {"in_stock": True, "max_price": 1.0}, "position": 1}],
+        }
+    )
+    first = rec.recommend("nobody", k=10)
+    assert first[1].category == cat0 and all(it.in_stock for it in first)
+    victim = first[1].item_id
+    rec.update_stock({victim: {"in_stock": False}, first[5].item_id: {"price": 0.25}})
+    after = rec.recommend("nobody", k=10)  # the stock-reading parts compiled again, the boost carried over
+    assert victim not in ids(after) and after[1].category == cat0 and all(it.in_stock for it in after)
+    assert (after[0].item_id, after[0].reason, after[0].price) == (first[5].item_id, "pinned", 0.25)
+    assert rec.merch._compiled[2].parts["boost[0]"] is rec.merch._compiled[2]._prev["boost[0]"]
