@@ -131,6 +131,7 @@ class Compiled(RuleSet):
             else:
                 self.pins.append((p.position, -1, *self._filter_pin(p.where, f"pin[{i}]")))
         self.lists = bool(self.boost is not None or self.bury is not None or self.cap_limit is not None or self.pins)
+        self._prev = {}  # the previous compile's arrays are not kept alive by this one
 
     # ---- compiling ------------------------------------------------------------------------------
 

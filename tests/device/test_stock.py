@@ -241,9 +241,10 @@ def test_rules_that_read_stock_follow_it(rec):
     )
     first = rec.recommend("nobody", k=10)
     assert first[1].category == cat0 and all(it.in_stock for it in first)
-    victim = first[1].item_id
+    victim, before = first[1].item_id, rec.merch._compiled[2]
     rec.update_stock({victim: {"in_stock": False}, first[5].item_id: {"price": 0.25}})
     after = rec.recommend("nobody", k=10)  # the stock-reading parts compiled again, the boost carried over
     assert victim not in ids(after) and after[1].category == cat0 and all(it.in_stock for it in after)
     assert (after[0].item_id, after[0].reason, after[0].price) == (first[5].item_id, "pinned", 0.25)
-    assert rec.merch._compiled[2].parts["boost[0]"] is rec.merch._compiled[2]._prev["boost[0]"]
+    now = rec.merch._compiled[2]
+    assert now.parts["boost[0]"] is before.parts["boost[0]"] and now.parts["allow"] is not before.parts["allow"]
