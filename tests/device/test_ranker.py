@@ -39,7 +39,7 @@ def kernel_scores(cat, u) -> list[float]:
         q8.append(max(-127, min(127, math.floor(abs(v) + 0.5) * (1 if v >= 0 else -1))))
     out = []
     for i in range(len(cat)):
-        dot = sum(a * int(b) for a, b in zip(q8, cat.rows[i].tolist()))
+        dot = sum(a * int(b) for a, b in zip(q8, cat.rows[i].tolist(), strict=True))
         out.append(float(f32(dot) * (f32(cat.scales[i]) * qscale)))
     return out
 
@@ -96,7 +96,7 @@ def _reference(rec, user: str, *, exclude_seen=True, where=None, params=None) ->
     u = rec.user_vector(user)
     if u is None:  # no history: the bundle's popularity
         pop = [float(cat.popularity[j]) for j in eligible]
-        return sorted(zip(eligible, pop), key=lambda t: (-t[1], t[0])), 0
+        return sorted(zip(eligible, pop, strict=True), key=lambda t: (-t[1], t[0])), 0
     ks = kernel_scores(cat, u)
     by_tower = sorted(eligible, key=lambda j: (-ks[j], j))
     if p is None:  # no ranker: the tower alone
@@ -107,7 +107,7 @@ def _reference(rec, user: str, *, exclude_seen=True, where=None, params=None) ->
     if cat.neighbors is not None:
         ids, w = cat.neighbors
         for h, wa in hw:
-            for j, wj in zip(ids[h].tolist(), w[h].tolist()):
+            for j, wj in zip(ids[h].tolist(), w[h].tolist(), strict=True):
                 if j >= 0:
                     cooc[j] = cooc.get(j, 0.0) + wa * wj
     cooc = {j: c for j, c in cooc.items() if c > 0 and j not in seen}
@@ -152,7 +152,7 @@ def mmr_reference(cat, ranked: list[tuple[int, float]], k: int, lam: float) -> l
         for i in range(len(rows)):
             if i in picked:
                 continue
-            closest = max(sum(a * b for a, b in zip(vecs[i], vecs[j])) for j in picked)
+            closest = max(sum(a * b for a, b in zip(vecs[i], vecs[j], strict=True)) for j in picked)
             gain = (1 - lam) * rel[i] - lam * closest
             if gain > best_gain:  # strictly: the better-ranked candidate wins a tie
                 best, best_gain = i, gain
@@ -171,7 +171,7 @@ def assert_ranks_as(rec, got, want: list[tuple[int, float]], k: int) -> None:
     want = want[:k]
     got_rows = [cat.index[it.item_id] for it in got]
     assert len(got_rows) == len(want), (got_rows, want)
-    for pos, (row, it, (wrow, ws)) in enumerate(zip(got_rows, got, want)):
+    for pos, (row, it, (wrow, ws)) in enumerate(zip(got_rows, got, want, strict=True)):
         assert row in ref, f"position {pos}: row {row} is not eligible"
         assert it.score == pytest.approx(ref[row], abs=TOL), f"position {pos}: row {row}"
         if row != wrow:

@@ -69,7 +69,9 @@ def cooc_drivers(rec, user: str, item_id: str) -> list[str]:
     target = index[item_id]
     weight: dict[int, float] = {}
     for age, (row, act) in enumerate(steps[::-1][: p.recent]):
-        for j, w in zip(cat.neighbor_ids[row].tolist(), cat.neighbor_weights[row].astype(np.float64).tolist()):
+        for j, w in zip(
+            cat.neighbor_ids[row].tolist(), cat.neighbor_weights[row].astype(np.float64).tolist(), strict=True
+        ):
             if j == target:
                 weight[row] = weight.get(row, 0.0) + p.decay**age * p.action_weights[act] * w
     best = sorted((r for r in weight if weight[r] > 0), key=lambda r: (-weight[r], r))[:3]
