@@ -25,10 +25,10 @@ from collections import Counter
 from pathlib import Path
 
 from shelfrank.device import Recommender
-from shelfrank.device.endpoints import Service
 from shelfrank.device.kernel import active_isa
-from shelfrank.device.metrics import Metrics
-from shelfrank.device.routes import HttpApi
+from shelfrank.device.service.endpoints import Service
+from shelfrank.device.service.metrics import Metrics
+from shelfrank.device.service.routes import HttpApi
 from shelfrank.testing import build_device_bundle
 
 

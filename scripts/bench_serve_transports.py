@@ -2,7 +2,7 @@
 
 ``python scripts/bench_serve_transports.py [--seconds 3] [--rounds 3] [--site DIR] [--json OUT]``
 
-Each transport serves the same :class:`~shelfrank.device.routes.HttpApi` over one opened
+Each transport serves the same :class:`~shelfrank.device.service.routes.HttpApi` over one opened
 Recommender (the tiny test bundle) in its own process on 127.0.0.1; wrk posts ``/v1/recommend``
 (k = 10, 64 seeded shoppers rotating) at 1, 8 and 32 keep-alive connections. Also measured: the
 import time of the transport's stack on top of ``shelfrank.device`` (fresh processes, median of
@@ -34,12 +34,12 @@ HERE = Path(__file__).resolve()
 
 #: transport -> the modules it imports on top of shelfrank.device (for the import-time column)
 STACKS = {
-    "stdlib (today)": "shelfrank.device.serve",
-    "waitress": "shelfrank.device.routes, waitress",
-    "cheroot": "shelfrank.device.routes, cheroot.wsgi",
-    "uvicorn + h11": "shelfrank.device.routes, uvicorn, h11",
-    "uvicorn + httptools": "shelfrank.device.routes, uvicorn, httptools",
-    "granian (wsgi)": "shelfrank.device.routes, granian",
+    "stdlib (today)": "shelfrank.device.service.serve",
+    "waitress": "shelfrank.device.service.routes, waitress",
+    "cheroot": "shelfrank.device.service.routes, cheroot.wsgi",
+    "uvicorn + h11": "shelfrank.device.service.routes, uvicorn, h11",
+    "uvicorn + httptools": "shelfrank.device.service.routes, uvicorn, httptools",
+    "granian (wsgi)": "shelfrank.device.service.routes, granian",
 }
 
 # ---- the child: one transport serving HttpApi ----------------------------------------------------
@@ -86,8 +86,8 @@ def _asgi(api: Any):
 
 def _open_api(bundle: str, pub: str, state: str) -> Any:
     from shelfrank.device import Recommender
-    from shelfrank.device.endpoints import Service
-    from shelfrank.device.routes import HttpApi
+    from shelfrank.device.service.endpoints import Service
+    from shelfrank.device.service.routes import HttpApi
 
     rec = Recommender.open(bundle, public_key=pub or None, state_dir=state)
     return HttpApi(Service(rec))
@@ -110,7 +110,7 @@ def child(transport: str, port: int, bundle: str, pub: str, state: str) -> None:
         return
     api = _open_api(bundle, pub, state)
     if transport == "stdlib (today)":
-        from shelfrank.device.serve import start
+        from shelfrank.device.service.serve import start
 
         servers = start(api, port=port)
         print(f"PORT {servers.tcp_address[1]}", flush=True)

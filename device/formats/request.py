@@ -1,6 +1,6 @@
 """The service's request bodies: what ``shelfrank serve`` reads, decoded in one call.
 
-What ``shelfrank serve`` reads (device/endpoints.py) and what /openapi.json publishes
+What ``shelfrank serve`` reads (device/service/endpoints.py) and what /openapi.json publishes
 (:func:`~shelfrank.device.formats.response.service_schemas`): one set of types for both, so the
 description and the server cannot disagree. A body is decoded by :func:`decode_request`; unknown
 fields are refused.

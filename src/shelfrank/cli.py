@@ -244,13 +244,15 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     _log_progress()
-    logging.getLogger("shelfrank.device.serve.access").setLevel(logging.INFO if args.access_log else logging.WARNING)
+    logging.getLogger("shelfrank.device.service.serve.access").setLevel(
+        logging.INFO if args.access_log else logging.WARNING
+    )
     import signal
     import threading
 
     from shelfrank.device import Recommender
-    from shelfrank.device.endpoints import Service
-    from shelfrank.device.serve import start
+    from shelfrank.device.service.endpoints import Service
+    from shelfrank.device.service.serve import start
 
     if args.no_tcp and not args.unix:
         raise ShelfrankError("--no-tcp needs --unix PATH (there would be nothing to listen on)")

@@ -141,7 +141,7 @@ def test_recommender_user_id_outside_hybrid_is_a_typed_error(rec):
 def test_the_service_search_body_takes_user_id(rec):
     """``POST /v1/search`` with ``user_id``: the body decodes it and the operation passes it on."""
     from shelfrank.device import formats as fmt
-    from shelfrank.device.endpoints import Service
+    from shelfrank.device.service.endpoints import Service
     from shelfrank.errors import ShelfrankError
 
     c = rec.catalog

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shelfrank.device import Recommender, formats
-from shelfrank.device.endpoints import Service
-from shelfrank.device.routes import HttpApi
-from shelfrank.device.serve import start
+from shelfrank.device.service.endpoints import Service
+from shelfrank.device.service.routes import HttpApi
+from shelfrank.device.service.serve import start
 from shelfrank.errors import RequestBodyError
 from tests.serve._http import raw_exchange  # the one raw-socket read loop of the service tests
 
@@ -151,7 +151,7 @@ def fuzz_service(bundle_and_key):
         errors: list[logging.LogRecord] = []
         handler = logging.Handler(logging.ERROR)
         handler.emit = errors.append  # type: ignore[method-assign]
-        log = logging.getLogger("shelfrank.device.serve")
+        log = logging.getLogger("shelfrank.device.service.serve")
         log.addHandler(handler)
         try:
             yield service, errors

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from shelfrank.device.endpoints import Service
-from shelfrank.device.serve import start
+from shelfrank.device.service.endpoints import Service
+from shelfrank.device.service.serve import start
 from shelfrank.testing import publish_records
 
 

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from shelfrank.device.serve import MAX_BODY, MAX_K, openapi_spec
+from shelfrank.device.service.serve import MAX_BODY, MAX_K, openapi_spec
 
 from ._http import raw_exchange
 from .conftest import Client
@@ -344,7 +344,7 @@ def test_a_bug_is_a_500_with_a_logged_traceback_and_the_server_lives_on(client, 
         raise RuntimeError("boom")
 
     monkeypatch.setattr(rec, "similar", broken)
-    with caplog.at_level(logging.ERROR, logger="shelfrank.device.serve"):
+    with caplog.at_level(logging.ERROR, logger="shelfrank.device.service.serve"):
         status, doc = client.post("/v1/similar", {"item_id": rec.catalog.item_ids[0]})
     assert (status, doc["error"]) == (500, "internal_error") and "boom" not in doc["message"]
     assert any(r.exc_info and "boom" in str(r.exc_info[1]) for r in caplog.records)
@@ -353,8 +353,8 @@ def test_a_bug_is_a_500_with_a_logged_traceback_and_the_server_lives_on(client, 
 
 
 def test_shutdown_ends_idle_keep_alive_connections_and_removes_the_socket(rec, sock_dir):
-    from shelfrank.device.endpoints import Service
-    from shelfrank.device.serve import start
+    from shelfrank.device.service.endpoints import Service
+    from shelfrank.device.service.serve import start
 
     servers = start(Service(rec), port=0, unix=sock_dir / "x.sock")
     tcp, unix = Client(tcp=servers.tcp_address), Client(unix=servers.unix_path)
@@ -368,8 +368,8 @@ def test_shutdown_ends_idle_keep_alive_connections_and_removes_the_socket(rec, s
 
 
 def test_unix_socket_path_rules(rec, sock_dir):
-    from shelfrank.device.endpoints import Service
-    from shelfrank.device.serve import start
+    from shelfrank.device.service.endpoints import Service
+    from shelfrank.device.service.serve import start
     from shelfrank.errors import InputError
 
     (sock_dir / "file").write_text("not a socket")
@@ -394,8 +394,8 @@ def test_unix_socket_path_rules(rec, sock_dir):
 
 
 def test_port_in_use_is_a_clear_error(rec, served):
-    from shelfrank.device.endpoints import Service
-    from shelfrank.device.serve import start
+    from shelfrank.device.service.endpoints import Service
+    from shelfrank.device.service.serve import start
     from shelfrank.errors import InputError
 
     host, port = served[1].tcp_address

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from shelfrank.device.endpoints import Service
 from shelfrank.device.formats import MAX_BATCH_TEXTS, MAX_BATCH_USERS, REASONS, SCORE_KINDS
-from shelfrank.device.serve import openapi_spec, start
+from shelfrank.device.service.endpoints import Service
+from shelfrank.device.service.serve import openapi_spec, start
 
 from .conftest import Client
 

@@ -9,8 +9,8 @@ import time
 from collections import Counter
 
 from shelfrank.device import Recommender
-from shelfrank.device.endpoints import Service
-from shelfrank.device.serve import start
+from shelfrank.device.service.endpoints import Service
+from shelfrank.device.service.serve import start
 
 from .conftest import Client, cli_env
 

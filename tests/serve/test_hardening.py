@@ -13,8 +13,8 @@ import time
 import pytest
 
 from shelfrank.device.encoder import CHARS_PER_TOKEN
-from shelfrank.device.endpoints import Service
-from shelfrank.device.serve import SEARCH_BODY, start
+from shelfrank.device.service.endpoints import Service
+from shelfrank.device.service.serve import SEARCH_BODY, start
 
 from ._http import raw_exchange, read_until_close
 from .conftest import Client
@@ -92,7 +92,7 @@ def test_non_ascii_digits_in_content_length_are_a_400_not_a_dead_handler(served,
     if expect:
         head += b"Expect: 100-continue\r\n"
     request = head + b"Content-Length: " + value.encode("utf-8") + b"\r\n\r\n{}"
-    with caplog.at_level(logging.ERROR, logger="shelfrank.device.serve"):
+    with caplog.at_level(logging.ERROR, logger="shelfrank.device.service.serve"):
         out = raw_exchange(served[1].tcp_address, request)
     head_out, _, body = out.partition(b"\r\n\r\n")
     assert head_out.startswith(b"HTTP/1.1 400 "), out[:200]
@@ -249,7 +249,7 @@ def test_unknown_fields_are_refused_naming_the_field_at_any_depth(client):
 
 def test_the_openapi_description_is_the_decoders_schema():
     from shelfrank.device import formats
-    from shelfrank.device.serve import openapi_spec
+    from shelfrank.device.service.serve import openapi_spec
 
     spec = openapi_spec()
     assert spec["openapi"].startswith("3.1")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from shelfrank.device.endpoints import Service
-from shelfrank.device.routes import UI_PAGE
-from shelfrank.device.serve import start
+from shelfrank.device.service.endpoints import Service
+from shelfrank.device.service.routes import UI_PAGE
+from shelfrank.device.service.serve import start
 
 from .conftest import Client
 

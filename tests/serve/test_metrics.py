@@ -12,7 +12,7 @@ import time
 import pytest
 
 from shelfrank.device.events import MAX_SURFACES, OTHER_SURFACE, EventStore
-from shelfrank.device.metrics import BUCKETS, Metrics
+from shelfrank.device.service.metrics import BUCKETS, Metrics
 from shelfrank.errors import InputError
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -217,7 +217,7 @@ def test_click_window_latest_impression_and_the_surface_cap(tmp_path):
 
 def test_sync_age_of_a_synced_catalog(published, tmp_path):
     from shelfrank.device import Recommender
-    from shelfrank.device.endpoints import Service
+    from shelfrank.device.service.endpoints import Service
 
     rec = Recommender.open(published["bundle"], public_key=published["pub"], state_dir=tmp_path / "state")
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from shelfrank.device.endpoints import Service
-from shelfrank.device.serve import openapi_spec, start
+from shelfrank.device.service.endpoints import Service
+from shelfrank.device.service.serve import openapi_spec, start
 
 from .conftest import Client
 

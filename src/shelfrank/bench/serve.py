@@ -8,7 +8,7 @@
   over keep-alive connections at 1, 8 and 32 connections for ``--seconds`` each, and reports
   throughput, p50/p99 latency and every error (socket errors, non-2xx answers).
 - Footprint: in fresh processes, the import time of ``shelfrank.device`` against
-  ``shelfrank.device.serve`` (median of 5), and the resident memory of the plain library
+  ``shelfrank.device.service.serve`` (median of 5), and the resident memory of the plain library
   (open + the same calls in-process) against the service answering them over HTTP.
 
 Without ``--bundle`` it builds the tiny test bundle (needs ``onnx``, from the dev extra). The load
@@ -214,8 +214,8 @@ def footprint(bundle: Path, public_key: Path | None, work: Path, repeats: int = 
     and resident memory: the library against the service."""
     modules = {
         "device": "shelfrank.device",
-        "serve": "shelfrank.device.serve",
-        "cli_serve": "shelfrank.cli, shelfrank.device.serve",
+        "serve": "shelfrank.device.service.serve",
+        "cli_serve": "shelfrank.cli, shelfrank.device.service.serve",
     }
     runs: dict[str, list[float]] = {name: [] for name in modules}
     for _ in range(repeats):
@@ -376,7 +376,7 @@ class ServeRecord(Record):
             lib, srv = fp["library"], fp["serve"]
             for what, key, mem in (
                 ("library: `import shelfrank.device`, open, calls in-process", "import_device_ms", lib),
-                ("service: `import shelfrank.device.serve`, the same calls over HTTP", "import_serve_ms", srv),
+                ("service: `import shelfrank.device.service.serve`, the same calls over HTTP", "import_serve_ms", srv),
             ):
                 foot.append(
                     FootprintRow(

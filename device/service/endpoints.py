@@ -2,9 +2,9 @@
 answered from one opened :class:`~shelfrank.device.Recommender`.
 
 This room knows the recommender and the request/response contracts (:mod:`shelfrank.device.formats`)
-and nothing of HTTP: no methods, paths, status codes, headers or sockets. :mod:`shelfrank.device.routes`
+and nothing of HTTP: no methods, paths, status codes, headers or sockets. :mod:`shelfrank.device.service.routes`
 maps HTTP requests onto these operations (and their refusals onto status codes), and
-:mod:`shelfrank.device.serve`, the transport, carries the bytes.
+:mod:`shelfrank.device.service.serve`, the transport, carries the bytes.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import msgspec
 from shelfrank import __version__
 from shelfrank.device import formats as fmt
 from shelfrank.device.kernel import active_isa
-from shelfrank.device.metrics import Metrics, exposition
+from shelfrank.device.service.metrics import Metrics, exposition
 from shelfrank.errors import ShelfrankError
 
 __all__ = ["OPERATIONS", "Operation", "Service", "ServiceClosing", "Unhealthy"]
 
 # one log for the service, whichever room writes it (a 500's traceback, the access lines)
-logger = logging.getLogger("shelfrank.device.serve")
+logger = logging.getLogger("shelfrank.device.service.serve")
 
 
 class ServiceClosing(ShelfrankError):

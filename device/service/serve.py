@@ -3,8 +3,8 @@
 The transport: the standard library's ``http.server``, a thread per connection (at most
 ``max_connections``; beyond that a 503), HTTP/1.1 keep-alive, on 127.0.0.1 and/or a Unix socket.
 It knows HTTP framing and connections, never the recommender: it hands each request's method,
-path, content type and body to one :class:`~shelfrank.device.routes.HttpApi`, which maps it onto
-an operation of :class:`~shelfrank.device.endpoints.Service` (the endpoints over the opened
+path, content type and body to one :class:`~shelfrank.device.service.routes.HttpApi`, which maps it onto
+an operation of :class:`~shelfrank.device.service.endpoints.Service` (the endpoints over the opened
 :class:`~shelfrank.device.Recommender`); :func:`start` binds the listeners and serves them from
 background threads.
 
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from shelfrank import __version__
-from shelfrank.device.routes import (  # the limits and the description re-exported: serve is the entry point
+from shelfrank.device.service.routes import (  # the limits and the description re-exported: serve is the entry point
     MAX_BODY,
     MAX_K,
     SEARCH_BODY,
@@ -529,7 +529,7 @@ def start(
 
     Args:
         api: the :class:`HttpApi` to answer with, or the endpoints (a
-            :class:`~shelfrank.device.endpoints.Service`), answered through ``HttpApi(api)``.
+            :class:`~shelfrank.device.service.endpoints.Service`), answered through ``HttpApi(api)``.
         host, port: the TCP listener (port 0: any free port; ``port=None``: no TCP listener).
         unix: also (or, with ``port=None``, only) listen on this Unix socket path (mode 0660).
         max_connections: connections served at once, per listener; one more is answered 503 and closed.

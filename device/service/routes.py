@@ -2,8 +2,8 @@
 limit, how a refusal maps to a status code, and the OpenAPI description made from the same tables.
 
 It knows HTTP requests as (method, path, content type, body bytes) and answers (status, JSON,
-headers), over the operations of :class:`~shelfrank.device.endpoints.Service`; it never sees the
-recommender, and never a socket (the transport, :mod:`shelfrank.device.serve`, calls
+headers), over the operations of :class:`~shelfrank.device.service.endpoints.Service`; it never sees the
+recommender, and never a socket (the transport, :mod:`shelfrank.device.service.serve`, calls
 :meth:`HttpApi.handle`).
 """
 
@@ -21,9 +21,9 @@ import msgspec
 
 from shelfrank import __version__
 from shelfrank.device import formats as fmt
-from shelfrank.device.endpoints import OPERATIONS, Service, ServiceClosing, Unhealthy, logger
 from shelfrank.device.formats import MAX_K
-from shelfrank.device.metrics import CONTENT_TYPE as METRICS_TYPE
+from shelfrank.device.service.endpoints import OPERATIONS, Service, ServiceClosing, Unhealthy, logger
+from shelfrank.device.service.metrics import CONTENT_TYPE as METRICS_TYPE
 from shelfrank.errors import (
     EventStoreBusyError,
     InputError,
@@ -209,7 +209,7 @@ def _check_content_type(value: str | None) -> None:
 
 
 class HttpApi:
-    """HTTP requests answered by the operations of one :class:`~shelfrank.device.endpoints.Service`; thread-safe.
+    """HTTP requests answered by the operations of one :class:`~.endpoints.Service`; thread-safe.
 
     Args:
         service: the endpoints (the caller closes its recommender).
