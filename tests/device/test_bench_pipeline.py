@@ -70,6 +70,16 @@ def test_bench_bundle_report(bundle_and_key, tmp_path, capsys):
     assert "recommend end to end" in md and "rpi5" in md and "Hybrid ranker against the tower-only path" in md
     assert "Text encoder: which provider ran what" in md and "| Gather | CPUExecutionProvider |" in md
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+    # the plot's stacked parts: the tower, the scan the planner ran (exact at 1,500 rows), the rest
+    from shelfrank.bench.pipeline_record import recommend_parts
+
+    parts = recommend_parts(e)
+    assert e["scan"]["scan"] == "exact" and [name for name, _ in parts][1] == "exact int8 scan"
+    assert [ms for _, ms in parts] == [
+        e["recommend"]["user tower (incl. history read)"]["p50_ms"],
+        e["recommend"]["int8 top-k"]["p50_ms"],
+        e["rest_p50_ms"],
+    ]
     capsys.readouterr()
 
 

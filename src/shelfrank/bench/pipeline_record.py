@@ -249,8 +249,25 @@ def render(record: PipelineRecord) -> str:
     return to_markdown(record)
 
 
+def recommend_parts(entry: dict[str, Any]) -> list[tuple[str, float]]:
+    """``recommend`` (tower ranker) at one catalog size as the parts that add up to it, p50 ms each:
+    the user tower (with its history read), the scan the planner ran, and the rest (filters, the
+    result rows), the last measured inside the same calls."""
+    stages = entry["recommend"]
+    scan = (entry.get("scan") or {}).get("scan", "exact")
+    two_pass = [k for k in stages if k.startswith("two-pass top-k")]
+    scan_key = two_pass[0] if scan == "two_pass" and two_pass else "int8 top-k"
+    return [
+        ("user tower (history read + ONNX)", stages["user tower (incl. history read)"]["p50_ms"]),
+        (scan_key.replace("int8 top-k", "exact int8 scan"), stages[scan_key]["p50_ms"]),
+        ("the rest (filters, rows, results)", entry["rest_p50_ms"]),
+    ]
+
+
 def plot(record: PipelineRecord, out: str) -> str:
-    """PNG of p50 latency against catalog size, one line per stage; returns what it did."""
+    """PNG of ``recommend`` per catalog size: stacked per-stage p50 bars, a whisker to the end-to-end
+    p95, the speed-up over the naive pipeline above each bar; board, CPU, ISA and commit in the title.
+    Returns what it did."""
     try:
         import matplotlib
 
@@ -259,24 +276,59 @@ def plot(record: PipelineRecord, out: str) -> str:
     except ImportError:
         return "plot not written: matplotlib is not installed (pip install matplotlib)"
     sizes = sorted(record.sizes)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    stages = [k for group in ("recommend", "search") for k in record.sizes[sizes[0]][group]]
-    for stage in stages:
-        ys = [
-            next(e[g][stage]["p50_ms"] for g in ("recommend", "search") if stage in e[g])
-            for e in (record.sizes[n] for n in sizes)
-        ]
-        ax.plot(sizes, ys, marker="o", label=stage)
-    nv = [record.sizes[n]["naive"] for n in sizes]
-    if all(isinstance(v, dict) for v in nv):
-        ax.plot(sizes, [v["p50_ms"] for v in nv], marker="x", linestyle="--", color="black", label="naive pipeline")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    xs = list(range(len(sizes)))
+    parts = [recommend_parts(record.sizes[n]) for n in sizes]
+    bottoms = [0.0] * len(sizes)
+    colours = ("#4c72b0", "#dd8452", "#8c8c8c")
+    labels_seen: set[str] = set()
+    for j in range(3):
+        heights = [p[j][1] for p in parts]
+        for x, h, b, p in zip(xs, heights, bottoms, parts, strict=True):
+            name = p[j][0]
+            kind = "scan" if j == 1 else name
+            label = None if kind in labels_seen else ("scan the planner ran" if j == 1 else name)
+            labels_seen.add(kind)
+            ax.bar(x, h, bottom=b, color=colours[j], width=0.6, label=label)
+            if j == 1:
+                ax.text(x + 0.32, b + h / 2, "two-pass" if "two-pass" in name else "exact", fontsize=7, va="center")
+        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+    e2e = [record.sizes[n]["recommend"]["recommend end to end"] for n in sizes]
+    p50 = [e["p50_ms"] for e in e2e]
+    p95 = [e["p95_ms"] for e in e2e]
+    ax.errorbar(
+        xs,
+        p50,
+        yerr=[[0] * len(xs), [b - a for a, b in zip(p50, p95, strict=True)]],
+        fmt="_",
+        color="black",
+        capsize=5,
+        label="end to end: p50 – p95",
+    )
+    for x, n, top in zip(xs, sizes, p95, strict=True):
+        speed = record.sizes[n].get("speedup_vs_naive")
+        if speed:
+            ax.annotate(
+                f"{speed:,.0f}× the naive pipeline",
+                (x, top),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=7,
+            )
+    ax.set_xticks(xs, [f"{n:,}" for n in sizes])
     ax.set_xlabel("catalog items")
-    ax.set_ylabel("p50 latency (ms, 1 thread unless stated)")
-    ax.set_title(f"shelfrank on {record.system['cpu']} ({record.isa})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.set_ylabel(f"recommend latency, ms (p50 parts; {record.threads} thread(s))")
+    board = (record.board or {}).get("name") or "no board config"
+    commit = record.system.get("commit") or "?"
+    ax.set_title(
+        f"shelfrank recommend (tower ranker) — board {board}\n{record.system['cpu']}, ISA {record.isa}, "
+        f"commit {commit[:10]}",
+        fontsize=9,
+    )
+    ax.margins(y=0.15)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
