@@ -7,6 +7,7 @@
 // a condition variable are simply ended with the process.
 #include <pthread.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <exception>
 #include <functional>
@@ -18,6 +19,14 @@
 
 namespace shelfrank {
 namespace {
+
+// condition_variable::wait(unique_lock&) is a libstdc++ symbol versioned GLIBCXX_3.4.30 since GCC 12,
+// above the wheels' GLIBCXX_3.4.29 cap (scripts/build_wheels.py: GCC 11's libstdc++, manylinux_2_34).
+// wait_for is inline (pthread_cond_clockwait, glibc 2.30), so waiting through it needs no new symbol.
+template <class Pred>
+void wait_until_true(std::condition_variable& cv, std::unique_lock<std::mutex>& lock, Pred pred) {
+    while (!pred()) cv.wait_for(lock, std::chrono::hours(1));
+}
 
 class Pool {
 public:
@@ -44,7 +53,7 @@ public:
             errors[0] = std::current_exception();
         }
         std::unique_lock<std::mutex> lock(m_);
-        done_.wait(lock, [this] { return pending_ == 0; });
+        wait_until_true(done_, lock, [this] { return pending_ == 0; });
         job_ = nullptr;
         return true;
     }
@@ -57,7 +66,7 @@ private:
             std::vector<std::exception_ptr>* errors;
             {
                 std::unique_lock<std::mutex> lock(m_);
-                wake_.wait(lock, [&] { return generation_ != seen && w < width_; });
+                wait_until_true(wake_, lock, [&] { return generation_ != seen && w < width_; });
                 seen = generation_;
                 job = job_;
                 errors = errors_;

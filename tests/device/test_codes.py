@@ -20,7 +20,7 @@ from shelfrank.device.codes import CODES_FILE, catalog_mean, derive_codes
 from shelfrank.device.kernel import topk
 from shelfrank.device.planner import Planner, two_pass_topk
 from shelfrank.errors import BundleError, InputError
-from shelfrank.testing import resign_bundle
+from shelfrank.testing import build_device_bundle, resign_bundle
 
 
 def _numpy_codes(rows: np.ndarray, scales: np.ndarray, mean: np.ndarray) -> np.ndarray:
@@ -217,10 +217,17 @@ def _key(bundle: Path) -> Path:
     return bundle.parent / "keys" / "publisher.key"
 
 
+@pytest.fixture(scope="module")
+def keyed_bundle(tmp_path_factory) -> Path:
+    """A tiny bundle built here with its private key beside it (``SHELFRANK_TEST_BUNDLE``, the
+    emulated runs' prebuilt bundle, has none: these tests re-sign what they break)."""
+    return build_device_bundle(tmp_path_factory.mktemp("codes-bundle"))[0]
+
+
 @pytest.fixture()
-def own_bundle(bundle_and_key, tmp_path) -> Path:
+def own_bundle(keyed_bundle, tmp_path) -> Path:
     dst = tmp_path / "b" / "bundle"
-    shutil.copytree(bundle_and_key[0].parent, dst.parent, dirs_exist_ok=True)
+    shutil.copytree(keyed_bundle.parent, dst.parent, dirs_exist_ok=True)
     return dst
 
 

@@ -58,7 +58,7 @@ def _run(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
 
 def _fingerprint(cat) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps(cat.item_ids).encode())
+    h.update(json.dumps(list(cat.item_ids)).encode())
     h.update(np.ascontiguousarray(cat.rows).tobytes())
     h.update(cat.scales.tobytes())
     h.update(cat.price.tobytes())

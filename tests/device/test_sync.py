@@ -575,6 +575,7 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.end_headers()
         block, sent = b" " * 65536, 0
+        self.sent[self.path] = 0  # before the first write: a client that stops reading may break it
         while sent < cap:
             self.wfile.write(block)
             sent += len(block)
