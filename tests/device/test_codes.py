@@ -269,7 +269,7 @@ def test_a_mean_of_the_wrong_dimension_is_a_bundle_error(own_bundle, tmp_path):
         Recommender.open(own_bundle, state_dir=tmp_path / "s")
 
 
-def test_an_old_bundle_without_codes_opens_and_serves_exactly(own_bundle, rec, tmp_path):
+def test_an_old_bundle_without_codes_opens_and_serves_exactly(own_bundle, keyed_bundle, tmp_path):
     (own_bundle / "catalog" / CODES_FILE).unlink()
 
     def old(m):
@@ -280,6 +280,7 @@ def test_an_old_bundle_without_codes_opens_and_serves_exactly(own_bundle, rec, t
     manifest = bfmt.verify_bundle(own_bundle)
     assert "codes" not in manifest.catalog.files and manifest.catalog.mean is None
     r = Recommender.open(own_bundle, state_dir=tmp_path / "s")
+    rec = Recommender.open(keyed_bundle, state_dir=tmp_path / "ref")  # the same bundle with its codes
     try:
         r.catalog.planner = r.planner = Planner("binary")
         assert r.catalog.codes is None and r.catalog_mean is None
@@ -291,6 +292,7 @@ def test_an_old_bundle_without_codes_opens_and_serves_exactly(own_bundle, rec, t
         assert r.planner.counts == {"exact": 2, "two_pass": 0}
     finally:
         r.close()
+        rec.close()
 
 
 def test_the_board_sets_the_planner(bundle_and_key, tmp_path):
