@@ -55,9 +55,12 @@ MAX_QUERY_CHARS = 1024
 MAX_TERMS = 32
 #: words shorter than this are never corrected (too many catalog words are one edit away)
 MIN_TYPO_LEN = 4
-#: an any-word query keeps the words held by at most this share of the items (or RARE_MIN items)
+#: an any-word query keeps the words held by at most this share of the items (or RARE_MIN items),
+#: the rarest first, while the items they hold sum to at most ANY_WORD_MAX_DOCS: FTS5 scores every
+#: item it matches (~1 µs each), so this bounds its cost whatever the catalog's size
 RARE_SHARE = 0.02
 RARE_MIN = 200
+ANY_WORD_MAX_DOCS = 1000
 MAX_OR_TERMS = 8
 #: a hybrid search's FTS queries run in a worker thread while the caller encodes the query and
 #: scans: at most this many at once in a process (more callers run theirs themselves, after the scan)
@@ -202,6 +205,8 @@ def lexical(cat: Catalog, text: str, n: int, mask: np.ndarray | None) -> tuple[n
         if any_word:
             cap = _rare_cap(len(cat))
             use = _rare(words, lex.vocabulary(), len(cat), lex.prefix_docs(words[-1], cap) if prefix else None)
+            if not use:
+                break
             pre = prefix and use[-1] == words[-1]
         part = lex.query(use, limit=limit, prefix_last=pre, any_word=any_word)
         if mask is not None:
@@ -220,24 +225,31 @@ def lexical(cat: Catalog, text: str, n: int, mask: np.ndarray | None) -> tuple[n
 
 def _rare_cap(n_items: int) -> float:
     """The most items a word an any-word query keeps may be held by."""
-    return max(RARE_MIN, RARE_SHARE * n_items)
+    return min(max(RARE_MIN, RARE_SHARE * n_items), ANY_WORD_MAX_DOCS)
 
 
 def _rare(words: list[str], vocab: Mapping[str, int], n_items: int, last_prefix_df: int | None = None) -> list[str]:
-    """The words an any-word query keeps, in query order: those held by at most
-    :data:`RARE_SHARE` of the items (at most :data:`MAX_OR_TERMS`, the rarest), else the two rarest.
+    """The words an any-word query keeps, in query order: the rarest first (at most
+    :data:`MAX_OR_TERMS`), each held by at most :func:`_rare_cap` items and all together by at most
+    :data:`ANY_WORD_MAX_DOCS`; none (no any-word query) when even the rarest is held by more.
     ``last_prefix_df``: the last word is matched as a prefix, and this many items hold a word it
     begins (``LexicalIndex.prefix_docs``), not the items holding it as a whole word.
 
     A word most items hold (``game``, ``for``) adds little to BM25 and makes FTS score every item
     that holds it: an any-word query over it costs ~20× an all-words one; so does a prefix most
-    items' words begin (``gam*``: 13k of 100k items, 30–55 ms).
+    items' words begin (``gam*``: 13k of 100k items, 30–55 ms). The dense scan's candidates cover
+    what such a query would find.
     """
     df = {w: vocab.get(w, 0) for w in words}
     if last_prefix_df is not None:
         df[words[-1]] = max(df[words[-1]], last_prefix_df)
-    by_rarity = sorted(words, key=lambda w: (df[w], words.index(w)))
-    keep = [w for w in by_rarity if df[w] <= _rare_cap(n_items)][:MAX_OR_TERMS] or by_rarity[:2]
+    keep: set[str] = set()
+    total = 0
+    for w in sorted(words, key=lambda w: (df[w], words.index(w))):
+        if len(keep) == MAX_OR_TERMS or df[w] > _rare_cap(n_items) or total + df[w] > ANY_WORD_MAX_DOCS:
+            break
+        keep.add(w)
+        total += df[w]
     return [w for w in words if w in keep]
 
 

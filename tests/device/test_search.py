@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sqlite3
 import time
 
 import numpy as np
@@ -121,8 +122,8 @@ def _ref_search(cat: Catalog, items, text, k, mask, p, enc, user=None) -> list[t
             lex[r] = s
         if len(words) > 1 and len(lex) < p.candidates:
             rare = srch._rare(words, cat.lexical.vocabulary(), len(items))
-            pre = prefix and rare[-1] == words[-1]
-            for r, s in _ref_bm25(items, rare, pre, any_word=True).items():
+            pre = bool(rare) and prefix and rare[-1] == words[-1]
+            for r, s in (_ref_bm25(items, rare, pre, any_word=True) if rare else {}).items():
                 lex.setdefault(r, s)
     lex = {r: s for r, s in lex.items() if r in allowed}
     top = max(lex.values(), default=0.0)
@@ -175,6 +176,48 @@ def test_lexical_scores_are_fts5_bm25(cat):
         assert set(got) == set(want)
         for r, s in want.items():
             assert got[r] == pytest.approx(s, rel=1e-6)
+
+
+@pytest.mark.parametrize("prefix", [False, True])
+def test_scores_made_here_equal_fts5s_bm25(cat, monkeypatch, prefix):
+    """An all-words query of few rows is scored in Python (lexical.bm25), a larger one by FTS5's
+    bm25(): the two give the same rows and scores, prefix queries included."""
+    queries = (["aurora"], ["quantum", "grinder"], ["socks", "3"], ["tent", "nimbus", "tr"], ["c"], ["harbor", "cla"])
+    here = {tuple(w): cat.lexical.query(w, limit=None, prefix_last=prefix) for w in queries}
+    monkeypatch.setattr(lx, "OWN_SCORE_MAX_ROWS", 0)  # every query to bm25()
+    for w in queries:
+        fts = cat.lexical.query(w, limit=None, prefix_last=prefix)
+        assert [r for r, _ in here[tuple(w)]] == [r for r, _ in fts], w
+        np.testing.assert_allclose([s for _, s in here[tuple(w)]], [s for _, s in fts], rtol=1e-9)
+    assert any(here.values())
+
+
+def test_diacritics_fold_as_the_fts_index_folds_them(tmp_path, monkeypatch):
+    items = _items(12)
+    items[3]["title"] = "Pokémon Café Édition"
+    items[4]["title"] = "Pokemon Cafe Edition Deluxe"
+    c = _write(tmp_path / "cat", items)
+    odd = ["Pokémon", "CAFÉ", "Ñandú", "Tiếng", "Việt", "İstanbul", "Łódź", "ſtraße", "Ǿ", "Ελλάδα", "서울", "ﬁne"]
+    con = sqlite3.connect(":memory:")
+    con.execute(f"CREATE VIRTUAL TABLE t USING fts5(x, tokenize='{lx.TOKENIZE}')")
+    con.executemany("INSERT INTO t VALUES (?)", [(w,) for w in odd])
+    con.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, row)")
+    assert sorted(t for w in odd for t in lx.terms(w)) == sorted(t for (t,) in con.execute("SELECT term FROM v"))
+    for text in ("pokemon cafe", "Pokémon Café"):
+        got = c.lexical.query(lx.terms(text), limit=None)
+        assert [r for r, _ in got] == [3, 4]  # both hold both words; the shorter title first
+        monkeypatch.setattr(lx, "OWN_SCORE_MAX_ROWS", 0)
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in c.lexical.query(lx.terms(text), limit=None)])
+        monkeypatch.undo()
+
+
+def test_the_any_word_query_keeps_the_rarest_words_within_its_budget():
+    vocab = {"a": 10, "b": 300, "c": 600, "d": 900, "e": 5000}
+    n = 1_000_000  # share cap 20,000: the budget binds
+    assert srch._rare(["e", "d", "c", "b", "a"], vocab, n) == ["c", "b", "a"]  # 10 + 300 + 600 <= 1000
+    assert srch._rare(["e", "d"], vocab, n) == ["d"]
+    assert srch._rare(["e"], vocab, n) == []  # nothing rare enough: no any-word query
+    assert srch._rare(list("abcdefghij"), {}, n) == list("abcdefgh")  # held by none: MAX_OR_TERMS
 
 
 def test_lexical_mode_puts_all_word_matches_first_with_decreasing_scores(cat):

@@ -41,7 +41,15 @@ import numpy as np
 
 from shelfrank.bench.expand import expand_catalog
 from shelfrank.bench.ort_profile import encoder_provider_profile
-from shelfrank.bench.pipeline_record import PipelineRecord, plot
+from shelfrank.bench.pipeline_record import (
+    RECOMMEND_E2E,
+    SCAN_STAGE,
+    SEARCH_DENSE,
+    SEARCH_E2E,
+    TOWER_STAGE,
+    PipelineRecord,
+    plot,
+)
 from shelfrank.bench.record import emit
 from shelfrank.device.catalog_files import CatalogData, read_catalog_dir, write_catalog_dir
 from shelfrank.timing import time_calls, time_interleaved
@@ -188,8 +196,8 @@ def _one_size(
         rec._cache.clear()
         rec.user_vector(user)
 
-    stages["user tower (incl. history read)"] = time_calls(tower, runs)
-    stages["int8 top-k"] = time_calls(lambda: topk(u, cat.rows, 10, scales=cat.scales), runs)
+    stages[TOWER_STAGE] = time_calls(tower, runs)
+    stages[SCAN_STAGE] = time_calls(lambda: topk(u, cat.rows, 10, scales=cat.scales), runs)
     planner = getattr(rec, "planner", None)
     if planner is not None and getattr(cat, "codes", None) is not None:
         from shelfrank.device.planner import two_pass_topk
@@ -231,7 +239,7 @@ def _one_size(
         rec.recommend(user, k=10, ranker="tower")
 
     before = dict(planner.counts) if planner is not None else {}
-    stages["recommend end to end"] = time_calls(e2e, runs)
+    stages[RECOMMEND_E2E] = time_calls(e2e, runs)
     scan = None
     if planner is not None:
         scan = {**planner.describe(cat), "ran": {k: v - before.get(k, 0) for k, v in planner.counts.items()}}
@@ -266,7 +274,14 @@ def _one_size(
     search = {
         "tokenize": time_calls(lambda: enc.tokenize([text]), runs),
         f"encode ({precision} ONNX)": time_calls(lambda: enc.run(feeds), runs),
-        "search end to end": time_calls(lambda: rec.search(text, k=10), runs),
+        # the hybrid (FTS5 + dense, the default) against the dense-only mode, interleaved
+        **time_interleaved(
+            {
+                SEARCH_E2E: lambda: rec.search(text, k=10),
+                SEARCH_DENSE: lambda: rec.search(text, k=10, mode="dense"),
+            },
+            runs,
+        ),
     }
     hist = [(e.action, cat.item(cat.index[e.item_id]).title) for e in reversed(rec.history(user))]
     rows_f32 = cat.rows.astype(np.float32) * cat.scales[:, None]
@@ -297,15 +312,16 @@ def _one_size(
     entry = {
         "recommend": stages,
         "rest_p50_ms": rest,
-        "rest_share": rest / stages["recommend end to end"]["p50_ms"],
+        "rest_share": rest / stages[RECOMMEND_E2E]["p50_ms"],
         "search": search,
+        "search_hybrid_over_dense_p50": search[SEARCH_E2E]["p50_ms"] / search[SEARCH_DENSE]["p50_ms"],
         "hybrid": hybrid,
         "baselines": base_stages,
         "naive": naive,
         "scan": scan,
     }
     if isinstance(naive, dict):
-        entry["speedup_vs_naive"] = naive["p50_ms"] / stages["recommend end to end"]["p50_ms"]
+        entry["speedup_vs_naive"] = naive["p50_ms"] / stages[RECOMMEND_E2E]["p50_ms"]
     return entry, cat_dir
 
 
@@ -438,8 +454,9 @@ def run_bench(
             entry, cat_dir = _one_size(rec, base, n, runs, tmp, rng, baselines, threads)
             report["sizes"][n] = entry
             progress(
-                f"N={n:,}: recommend p50 {entry['recommend']['recommend end to end']['p50_ms']:.2f} ms, "
-                f"hybrid/tower {entry['hybrid']['ratio_p50']:.2f}x ({time.perf_counter() - t0:.0f} s)"
+                f"N={n:,}: recommend p50 {entry['recommend'][RECOMMEND_E2E]['p50_ms']:.2f} ms, "
+                f"hybrid/tower {entry['hybrid']['ratio_p50']:.2f}x, search hybrid/dense "
+                f"{entry['search_hybrid_over_dense_p50']:.2f}x ({time.perf_counter() - t0:.0f} s)"
             )
             if n == max(sizes):
                 progress(f"N={n:,}: peak RSS in a fresh process ({probe_queries} recommends)")
