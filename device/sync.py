@@ -46,22 +46,12 @@ from shelfrank.device.catalog_files import FILES, NEIGHBOR_FILES, CatalogData, r
 from shelfrank.device.codes import derive_codes, mean_digest
 from shelfrank.device.delta import apply_delta, check_rows, read_delta
 from shelfrank.device.formats import DeltaRef, FileRef, IndexSigned, ItemRecord
-from shelfrank.device.sync_sources import DirSource, HttpSource, SyncLimits, source_for
+from shelfrank.device.sync_sources import SyncLimits, source_for
 from shelfrank.errors import BundleError, InputError, SyncError
 
 # re-exported: the sources and the delta steps were part of this module
-__all__ = [
-    "CatalogStore",
-    "DirSource",
-    "HttpSource",
-    "SyncLimits",
-    "SyncResult",
-    "apply_delta",
-    "read_delta",
-    "source_for",
-    "sync",
-    "verify_index",
-]
+# the sources (DirSource, HttpSource, SyncLimits) live in sync_sources.py, the deltas in delta.py
+__all__ = ["CatalogStore", "SyncResult", "sync", "verify_index"]
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shelfrank.testing import build_device_bundle, tiny_ranker
+from shelfrank.testing import build_device_bundle, publisher_key, tiny_ranker
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,4 +81,4 @@ def sync_bundle(tmp_path_factory) -> dict:
     records = [{f: getattr(it, f) for f in fields} for it in items]
     new_item = dict(item_id="NEW-1", title="Aurora Quantum Espresso Grinder", category="Kitchen", brand="Aurora")
     new_item.update(price=99.0, in_stock=True)
-    return dict(bundle=bundle, pub=pub, key=root / "keys" / "publisher.key", records=records, new_item=new_item)
+    return dict(bundle=bundle, pub=pub, key=publisher_key(bundle), records=records, new_item=new_item)

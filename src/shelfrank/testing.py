@@ -204,6 +204,11 @@ def tiny_ranker(**overrides) -> dict:
     return replace(base, **overrides).to_manifest()
 
 
+def publisher_key(bundle: str | Path) -> Path:
+    """The private key :func:`build_device_bundle` signed ``bundle`` with (its public half beside it, ``.pub``)."""
+    return Path(bundle).parent / "keys" / "publisher.key"
+
+
 def build_device_bundle(
     root: Path,
     *,
@@ -240,7 +245,7 @@ def build_device_bundle(
     build_tiny_tower(work / "tower.onnx", dim, max_events)
     rows = TextEncoder(work / "encoder.onnx", work / "tokenizer.json", max_len=32).encode(texts)
     rows8, scales = quantize_rows(rows)
-    key, pub = bfmt.generate_keypair(root / "keys" / "publisher.key")
+    key, pub = bfmt.generate_keypair(publisher_key(root / "bundle"))
     encoders = {}
     if fp16:
         build_tiny_encoder(work / "encoder_fp16.onnx", len(vocab), dim, seed=seed, fp16=True)

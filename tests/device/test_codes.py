@@ -20,7 +20,7 @@ from shelfrank.device.codes import CODES_FILE, catalog_mean, derive_codes
 from shelfrank.device.kernel import topk
 from shelfrank.device.planner import Planner, two_pass_topk
 from shelfrank.errors import BundleError, InputError
-from shelfrank.testing import build_device_bundle, resign_bundle
+from shelfrank.testing import build_device_bundle, publisher_key, resign_bundle
 
 
 def _numpy_codes(rows: np.ndarray, scales: np.ndarray, mean: np.ndarray) -> np.ndarray:
@@ -214,7 +214,7 @@ def test_board_first_pass_settings():
 
 
 def _key(bundle: Path) -> Path:
-    return bundle.parent / "keys" / "publisher.key"
+    return publisher_key(bundle)
 
 
 @pytest.fixture(scope="module")

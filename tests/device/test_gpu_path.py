@@ -20,14 +20,14 @@ import pytest
 from shelfrank.device import Recommender
 from shelfrank.device import bundle as bfmt
 from shelfrank.errors import BundleError
-from shelfrank.testing import build_device_bundle, write_cpu_as_gpu_board
+from shelfrank.testing import build_device_bundle, publisher_key, write_cpu_as_gpu_board
 
 
 @pytest.fixture(scope="module")
 def fp16_bundle(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("fp16-bundle")
     bundle, pub = build_device_bundle(root, n_items=120, seed=7, fp16=True)
-    return bundle, pub, root / "keys" / "publisher.key"
+    return bundle, pub, publisher_key(bundle)
 
 
 @pytest.fixture()

@@ -21,7 +21,7 @@ from shelfrank.device.catalog_files import NEIGHBOR_FILES
 from shelfrank.device.ranker import RankerParams
 from shelfrank.device.text import ACTION_IDS, ACTIONS
 from shelfrank.errors import BundleError, InputError
-from shelfrank.testing import resign_bundle
+from shelfrank.testing import publisher_key, resign_bundle
 
 # ---- the reference: slow, one item at a time, float64 -------------------------------------------
 
@@ -404,7 +404,7 @@ def test_tower_ranker_is_the_tower_only_ranking(hrec):
 def _copy(hybrid_bundle, tmp_path) -> tuple[Path, Path]:
     dst = tmp_path / "bundle"
     shutil.copytree(hybrid_bundle[0], dst)
-    return dst, hybrid_bundle[0].parent / "keys" / "publisher.key"
+    return dst, publisher_key(hybrid_bundle[0])
 
 
 def _open(bundle: Path, tmp_path: Path, name: str = "state") -> Recommender:

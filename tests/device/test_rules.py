@@ -17,7 +17,7 @@ from shelfrank.device import Recommender
 from shelfrank.device.formats import MAX_K, Rules
 from shelfrank.errors import ExportValidationError, RulesError, SyncError
 from shelfrank.export.publish import publish_rules, sign_index
-from shelfrank.testing import publish_records
+from shelfrank.testing import publish_records, publisher_key
 
 # ---- applied on the device -----------------------------------------------------------------------
 
@@ -234,7 +234,7 @@ def test_publish_then_sync_applies_rules_with_the_catalog(srec, published, cdn):
 
 
 def _key_path(published):
-    return published["bundle"].parent / "keys" / "publisher.key"
+    return publisher_key(published["bundle"])
 
 
 def test_publish_refuses_rules_the_catalog_cannot_satisfy(published, cdn):

@@ -13,7 +13,7 @@ from shelfrank.device import Recommender
 from shelfrank.device.formats import MAX_STOCK_ITEMS
 from shelfrank.errors import ExportValidationError, StockError, SyncError, UnknownItemError
 from shelfrank.export.publish import publish_stock, sign_index
-from shelfrank.testing import publish_records
+from shelfrank.testing import publish_records, publisher_key
 
 
 def ids(items) -> list[str]:
@@ -177,7 +177,7 @@ def test_a_new_catalog_version_starts_over(srec, published, cdn):
         and not srec.catalog.in_stock[srec.catalog.index["NEW-1"]]
     )
     fields = ("item_id", "title", "category", "brand", "price", "in_stock")
-    key_path = published["bundle"].parent / "keys" / "publisher.key"
+    key_path = publisher_key(published["bundle"])
     publish_records(published["bundle"], cdn, [{f: getattr(it, f) for f in fields} for it in records], key_path)
     assert "stock" not in json.loads((cdn / "index.json").read_text())["signed"]  # a catalog publish drops it
     res = srec.sync(cdn)

@@ -677,7 +677,8 @@ def test_http_oversize_body_stops_at_the_signed_size(rec, hostile, published):
 def test_http_slow_drip_index_ends_at_its_deadline(rec, hostile):
     """Finding 4: the 30 s timeout was per read, so a drip never ended; the deadline is total
     (headers included)."""
-    from shelfrank.device.sync import SyncLimits, sync
+    from shelfrank.device.sync import sync
+    from shelfrank.device.sync_sources import SyncLimits
 
     url, modes = hostile
     modes["index.json"] = ("drip", 0.02, 400)
@@ -689,7 +690,8 @@ def test_http_slow_drip_index_ends_at_its_deadline(rec, hostile):
 
 def test_http_slow_drip_file_ends_at_its_deadline_then_resumes(rec, hostile):
     """Finding 4: a file's deadline comes from its signed size and a minimum rate."""
-    from shelfrank.device.sync import SyncLimits, sync
+    from shelfrank.device.sync import sync
+    from shelfrank.device.sync_sources import SyncLimits
 
     url, modes = hostile
     modes["rows.i8.npy"] = ("drip", 0.01, 10_000)
@@ -734,7 +736,7 @@ def test_dir_source_file_larger_than_signed_size(rec, published, tmp_path):
 def hybrid_published(tmp_path_factory):
     """A hybrid bundle (a neighbour table, a ranker entry) and a publish folder with version 2: the
     first three rows removed, row 3's price and row 4's title changed (re-embedded), NEW-1 added."""
-    from shelfrank.testing import build_device_bundle, publish_records, tiny_ranker
+    from shelfrank.testing import build_device_bundle, publish_records, publisher_key, tiny_ranker
 
     root = tmp_path_factory.mktemp("hybrid-sync")
     bundle, pub = build_device_bundle(root, n_items=120, seed=9, neighbors=6, ranker=tiny_ranker())
@@ -753,7 +755,7 @@ def hybrid_published(tmp_path_factory):
     )
     v2[-1]["in_stock"] = True
     cdn = root / "cdn"
-    publish_records(bundle, cdn, v2, root / "keys" / "publisher.key")
+    publish_records(bundle, cdn, v2, publisher_key(bundle))
     # old neighbours by item id, in their order, with weights
     before = {
         old_ids[i]: [(old_ids[j], float(old_w[i, c])) for c, j in enumerate(old_nbr[i]) if j >= 0]
@@ -762,7 +764,7 @@ def hybrid_published(tmp_path_factory):
     return dict(
         bundle=bundle,
         pub=pub,
-        key=bfmt.load_private_key(root / "keys" / "publisher.key"),
+        key=bfmt.load_private_key(publisher_key(bundle)),
         dir=cdn,
         removed=old_ids[:3],
         before=before,

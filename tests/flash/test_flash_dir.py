@@ -13,14 +13,14 @@ import pytest
 
 from shelfrank.deploy.flash import FlashError, flash, rollback_local, status_local
 from shelfrank.device import bundle as bfmt
-from shelfrank.testing import build_device_bundle, sign_manifest_as_is
+from shelfrank.testing import build_device_bundle, publisher_key, sign_manifest_as_is
 
 
 @pytest.fixture(scope="module")
 def signed(tmp_path_factory):
     root = tmp_path_factory.mktemp("flash-bundle")
     bundle, pub = build_device_bundle(root, n_items=150, seed=21)
-    return bundle, pub, root / "keys" / "publisher.key"
+    return bundle, pub, publisher_key(bundle)
 
 
 def _current(prefix: Path) -> str:

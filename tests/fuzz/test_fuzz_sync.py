@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shelfrank.device import bundle as bfmt
+from shelfrank.device import delta as ddelta
 from shelfrank.device import formats
 from shelfrank.device import sync as dsync
 from shelfrank.device.catalog_files import CatalogData
@@ -223,11 +224,11 @@ def test_delta_mutations_apply_to_a_tiny_catalog(workdir, data):
     paths["changes.json"].write_bytes(json.dumps(changes).encode())
     paths["rows.i8.npy"].write_bytes(rows_b)
     paths["scales.f32.npy"].write_bytes(scales_b)
-    delta = _outcome(dsync.read_delta, paths, span=(1, 2), dim=DIM, where="delta 1-2")
+    delta = _outcome(ddelta.read_delta, paths, span=(1, 2), dim=DIM, where="delta 1-2")
     if delta is None:
         return
     base = CatalogData([dict(it) for it in _ITEMS], _BASE_ROWS.copy(), _BASE_SCALES.copy())
-    new = dsync.apply_delta(base, *delta)
+    new = ddelta.apply_delta(base, *delta)
     try:
         new.check(DIM, "fuzz")
     except ShelfrankError:
