@@ -48,6 +48,8 @@ TOKENIZE = "unicode61 remove_diacritics 2"
 K1, B = 1.2, 0.75
 #: an all-words query's rows are scored here (not by ``bm25()``) when FTS5 finds at most this many
 OWN_SCORE_MAX_ROWS = 256
+#: ... and always when it finds at most this many
+OWN_SCORE_MIN_ROWS = 16
 #: a typed prefix's document count is counted exactly up to this many items (else the upper bound)
 PREFIX_COUNT_MAX = 5000
 _WORD = re.compile(r"[^\W_]+")
@@ -97,18 +99,21 @@ def bm25(
     for n_hit in df:
         v = math.log((n_rows - n_hit + 0.5) / (n_hit + 0.5))
         idf.append(v if v > 0 else 1e-6)
-    last = len(words) - 1
+    whole = [(i, w) for i, w in enumerate(words) if not (prefix_last and i == len(words) - 1)]
+    wt, wb, wc = COLUMN_WEIGHTS
     out = []
-    for cols in texts:
-        toks = [terms(c or "") for c in cols]
-        norm = K1 * (1 - B + B * sum(len(t) for t in toks) / avgdl)
+    for title, brand, category in texts:
+        t, b, c = terms(title or ""), terms(brand) if brand else [], terms(category) if category else []
+        norm = K1 * (1 - B + B * (len(t) + len(b) + len(c)) / avgdl)
         s = 0.0
-        for i, w in enumerate(words):
-            if prefix_last and i == last:
-                f = sum(wt * sum(t.startswith(w) for t in col) for wt, col in zip(COLUMN_WEIGHTS, toks, strict=True))
-            else:
-                f = sum(wt * col.count(w) for wt, col in zip(COLUMN_WEIGHTS, toks, strict=True))
+        for i, w in whole:
+            f = wt * t.count(w) + wb * b.count(w) + wc * c.count(w)
             s += idf[i] * f * (K1 + 1) / (f + norm)
+        if prefix_last:
+            p = words[-1]
+            f = wt * sum(x.startswith(p) for x in t) + wb * sum(x.startswith(p) for x in b)
+            f += wc * sum(x.startswith(p) for x in c)
+            s += idf[-1] * f * (K1 + 1) / (f + norm)
         out.append(s)
     return out
 
@@ -193,10 +198,15 @@ class LexicalIndex:
         match = (" OR " if any_word else " ").join(quoted)
         assert self._con is not None
         if not any_word:
+            # scored here while that costs less than bm25()'s counting pass would (~3 µs a row
+            # here against ~0.04 µs per item holding a query word there)
+            vocab = self.vocabulary()
+            held = sum(vocab.get(w, 0) for w in words) + (self.prefix_docs(words[-1], 10**9) if prefix_last else 0)
+            most = min(OWN_SCORE_MAX_ROWS, max(OWN_SCORE_MIN_ROWS, held // 75))
             sql = f"SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? LIMIT ?"
             with self._lock:
-                rows = [r for (r,) in self._con.execute(sql, (match, OWN_SCORE_MAX_ROWS + 1)).fetchall()]
-            if len(rows) <= OWN_SCORE_MAX_ROWS:
+                rows = [r for (r,) in self._con.execute(sql, (match, most + 1)).fetchall()]
+            if len(rows) <= most:
                 return self._own_scores(rows, words, prefix_last, limit)
         weights = ", ".join(str(w) for w in COLUMN_WEIGHTS)
         sql = (

@@ -10,11 +10,12 @@ The candidates are the dense scan's ``max(candidates, k)`` best rows and the lex
 ``candidates`` best, so the fused list holds k items whenever the filter allows k; every
 candidate's cosine is exact, so an item only the FTS found is scored as fairly as the rest. Ties
 go to the lower row (as ``recommend``). Lexical candidates are the items holding every query word
-(BM25 order), then, when those are fewer than ``candidates``, the items holding any of them. A
-query word of ≥ 4 letters that no catalog item holds is replaced by the most frequent catalog word
-one edit away (an adjacent swap, a dropped, doubled, inserted or substituted letter), when there
-is one. Rank fusion (RRF) was measured against this score and lost: an item only one retriever
-finds at rank 1 loses to items both find further down (docs/search.md).
+(BM25 order), then, when those are fewer than ``candidates``, the items holding any of its
+rarer words (:func:`_rare`: at most 300 items in all). A query word of ≥ 4 letters that no
+catalog item holds is replaced by the most frequent catalog word one edit away (an adjacent swap,
+a dropped, doubled, inserted or substituted letter), when there is one. Rank fusion (RRF) was
+measured against this score and lost: an item only one retriever finds at rank 1 loses to items
+both find further down (docs/search.md).
 
 Personalised search (optional per call, hybrid mode only): with the shopper's user vector u (the
 user tower over their history, as ``recommend`` uses it) the fused score gains a small re-rank
@@ -60,7 +61,7 @@ MIN_TYPO_LEN = 4
 #: item it matches (~1 µs each), so this bounds its cost whatever the catalog's size
 RARE_SHARE = 0.02
 RARE_MIN = 200
-ANY_WORD_MAX_DOCS = 1000
+ANY_WORD_MAX_DOCS = 300
 MAX_OR_TERMS = 8
 #: a hybrid search's FTS queries run in a worker thread while the caller encodes the query and
 #: scans: at most this many at once in a process (more callers run theirs themselves, after the scan)
@@ -185,8 +186,8 @@ def lexical(cat: Catalog, text: str, n: int, mask: np.ndarray | None) -> tuple[n
     """The lexical candidates: (rows best first, their −BM25 scores, how many hold every word).
 
     At most ``n`` rows, only those ``mask`` allows: the items holding every query word first (BM25
-    order), then, when fewer than ``n``, those holding any of them. Empty when the catalog has no
-    usable FTS index.
+    order), then, when fewer than ``n``, those holding any of its rarer words (:func:`_rare`).
+    Empty when the catalog has no usable FTS index.
     """
     lex = cat.lexical
     none = np.zeros(0, np.int64), np.zeros(0, np.float32), 0

@@ -211,7 +211,8 @@ def test_diacritics_fold_as_the_fts_index_folds_them(tmp_path, monkeypatch):
         monkeypatch.undo()
 
 
-def test_the_any_word_query_keeps_the_rarest_words_within_its_budget():
+def test_the_any_word_query_keeps_the_rarest_words_within_its_budget(monkeypatch):
+    monkeypatch.setattr(srch, "ANY_WORD_MAX_DOCS", 1000)
     vocab = {"a": 10, "b": 300, "c": 600, "d": 900, "e": 5000}
     n = 1_000_000  # share cap 20,000: the budget binds
     assert srch._rare(["e", "d", "c", "b", "a"], vocab, n) == ["c", "b", "a"]  # 10 + 300 + 600 <= 1000
