@@ -14,10 +14,12 @@ SQLite 3.31 (JetPack 5); a trigram table was measured against it and lost (docs/
 Scoring. FTS5's ``bm25()`` first counts, for each query word, every item holding it (its whole
 doclist: ~0.04 µs an item, ~0.7 ms for a word 18k of 100k items hold, growing with the catalog),
 although the catalog's vocabulary (read once) already knows those counts. An all-words query
-therefore asks FTS5 for its rows only (the doclists' intersection, tens of µs) and, when they are
-at most :data:`OWN_SCORE_MAX_ROWS`, scores them here by the same formula (:func:`bm25`: k1 1.2,
+therefore asks FTS5 for its rows only (the doclists' intersection, tens of µs) and, when scoring
+them here costs less than that count would (at most :data:`OWN_SCORE_MAX_ROWS` rows), scores them
+by the same formula (:func:`bm25`: k1 1.2,
 b 0.75, the column weights) from their text; more rows, or an any-word query (its words are the
-rare ones), go to ``bm25()`` itself. A test holds the two equal.
+rare ones), go to ``bm25()`` itself. A test holds the two equal (a typed prefix that more than
+:data:`PREFIX_COUNT_MAX` items' words begin takes the vocabulary's upper bound as its count).
 
 Detection is at open and per feature: a catalog written without FTS5, or an SQLite here without
 the module, gives ``available = False`` with a logged reason (search falls back to dense-only),
@@ -201,8 +203,11 @@ class LexicalIndex:
             # scored here while that costs less than bm25()'s counting pass would (~3 µs a row
             # here against ~0.04 µs per item holding a query word there)
             vocab = self.vocabulary()
-            held = sum(vocab.get(w, 0) for w in words) + (self.prefix_docs(words[-1], 10**9) if prefix_last else 0)
-            most = min(OWN_SCORE_MAX_ROWS, max(OWN_SCORE_MIN_ROWS, held // 75))
+            per_row = 75  # items counted there per row scored here, at equal cost
+            held = sum(vocab.get(w, 0) for w in words)
+            if prefix_last:
+                held += self.prefix_docs(words[-1], per_row * OWN_SCORE_MAX_ROWS)
+            most = min(OWN_SCORE_MAX_ROWS, max(OWN_SCORE_MIN_ROWS, held // per_row))
             sql = f"SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? LIMIT ?"
             with self._lock:
                 rows = [r for (r,) in self._con.execute(sql, (match, most + 1)).fetchall()]
