@@ -15,7 +15,7 @@ step "shelfrank info"
 .venv/bin/shelfrank info
 
 [ -f "$out/publisher.key" ] || .venv/bin/shelfrank keygen --out "$out/publisher.key"
-step "shelfrank export --dataset demo --preset quick --out $out/bundle (about 6 minutes on 2 cores)"
+step "shelfrank export --dataset demo --preset quick --out $out/bundle (about 8 minutes on 2 cores)"
 .venv/bin/shelfrank export --dataset demo --preset quick --out "$out/bundle" --key "$out/publisher.key"
 
 step "shelfrank flash $out/bundle --board x86-64-dev --to $out/board"
