@@ -16,10 +16,10 @@ doclist: ~0.04 µs an item, ~0.7 ms for a word 18k of 100k items hold, growing w
 although the catalog's vocabulary (read once) already knows those counts. An all-words query
 therefore asks FTS5 for its rows only (the doclists' intersection, tens of µs) and, when scoring
 them here costs less than that count would (at most :data:`OWN_SCORE_MAX_ROWS` rows), scores them
-by the same formula (:func:`bm25`: k1 1.2,
-b 0.75, the column weights) from their text; more rows, or an any-word query (its words are the
-rare ones), go to ``bm25()`` itself. A test holds the two equal (a typed prefix that more than
-:data:`PREFIX_COUNT_MAX` items' words begin takes the vocabulary's upper bound as its count).
+by the same formula (:func:`bm25`: k1 1.2, b 0.75, the column weights) from their text; more rows,
+or an any-word query (its words are the rare ones), go to ``bm25()`` itself. A test holds the two
+equal (a typed prefix that more than :data:`PREFIX_COUNT_MAX` items' words begin takes the
+vocabulary's upper bound as its count).
 
 Detection is at open and per feature: a catalog written without FTS5, or an SQLite here without
 the module, gives ``available = False`` with a logged reason (search falls back to dense-only),
@@ -202,17 +202,17 @@ class LexicalIndex:
         if not any_word:
             # scored here while that costs less than bm25()'s counting pass would (~3 µs a row
             # here against ~0.04 µs per item holding a query word there)
-            vocab = self.vocabulary()
             per_row = 75  # items counted there per row scored here, at equal cost
-            held = sum(vocab.get(w, 0) for w in words)
+            vocab = self.vocabulary()
+            df = [vocab.get(w, 0) for w in words]  # a typed prefix: the vocabulary's upper bound
             if prefix_last:
-                held += self.prefix_docs(words[-1], per_row * OWN_SCORE_MAX_ROWS)
-            most = min(OWN_SCORE_MAX_ROWS, max(OWN_SCORE_MIN_ROWS, held // per_row))
+                df[-1] = self.prefix_docs(words[-1], max(PREFIX_COUNT_MAX, per_row * OWN_SCORE_MAX_ROWS))
+            most = min(OWN_SCORE_MAX_ROWS, max(OWN_SCORE_MIN_ROWS, sum(df) // per_row))
             sql = f"SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? LIMIT ?"
             with self._lock:
                 rows = [r for (r,) in self._con.execute(sql, (match, most + 1)).fetchall()]
             if len(rows) <= most:
-                return self._own_scores(rows, words, prefix_last, limit)
+                return self._own_scores(rows, words, df, prefix_last, limit)
         weights = ", ".join(str(w) for w in COLUMN_WEIGHTS)
         sql = (
             f"SELECT rowid, bm25({FTS_TABLE}, {weights}) AS s FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? "
@@ -223,15 +223,14 @@ class LexicalIndex:
         return [(int(r), -float(s)) for r, s in got]
 
     def _own_scores(
-        self, rows: list[int], words: list[str], prefix_last: bool, limit: int | None
+        self, rows: list[int], words: list[str], df: list[int], prefix_last: bool, limit: int | None
     ) -> list[tuple[int, float]]:
-        """:func:`bm25` of ``rows`` (every query word's IDF from the vocabulary), best first."""
+        """:func:`bm25` of ``rows``, best first; ``df``: each word's document count from the
+        vocabulary (a typed prefix's as its upper bound, made exact here when small enough)."""
         if not rows:
             return []
-        vocab = self.vocabulary()
-        df = [vocab.get(w, 0) for w in words]
         if prefix_last:
-            df[-1] = self._prefix_count(words[-1])
+            df = [*df[:-1], self._prefix_count(words[-1], df[-1])]
         assert self._con is not None and self._stats is not None
         marks = ",".join("?" * len(rows))
         with self._lock:
@@ -242,11 +241,10 @@ class LexicalIndex:
         ranked = sorted(zip(scores, (g[0] for g in got), strict=True), key=lambda x: (-x[0], x[1]))
         return [(int(r), float(s)) for s, r in ranked[:limit]]
 
-    def _prefix_count(self, p: str) -> int:
+    def _prefix_count(self, p: str, bound: int) -> int:
         """The items holding a word that starts with ``p`` (what ``bm25()`` takes as a prefix's
-        document count): counted by FTS5 when the vocabulary's upper bound is at most
-        :data:`PREFIX_COUNT_MAX`, else that bound (a prefix so common weighs ~nothing either way)."""
-        bound = self.prefix_docs(p, PREFIX_COUNT_MAX)
+        document count): counted by FTS5 when the vocabulary's upper bound (``prefix_docs``) is at
+        most :data:`PREFIX_COUNT_MAX`, else that bound (a prefix so common weighs ~nothing either way)."""
         if bound > PREFIX_COUNT_MAX:
             return bound
         assert self._con is not None

@@ -49,7 +49,6 @@ from shelfrank.device.formats import DeltaRef, FileRef, IndexSigned, ItemRecord
 from shelfrank.device.sync_sources import SyncLimits, source_for
 from shelfrank.errors import BundleError, InputError, SyncError
 
-# re-exported: the sources and the delta steps were part of this module
 # the sources (DirSource, HttpSource, SyncLimits) live in sync_sources.py, the deltas in delta.py
 __all__ = ["CatalogStore", "SyncResult", "sync", "verify_index"]
 
